@@ -1,0 +1,92 @@
+"""The pipeline as plain data.
+
+A :class:`PipelineSnapshot` is what a worker sends back to the supervisor after it
+imported the user's pipeline.  It holds no functions and no modules: only names, paths
+and parameters.  That is what lets the supervisor reason about the pipeline (order,
+affected stages, its own writes) without ever importing user code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: A stat signature of a file: ``(mtime_ns, size, inode)``.  Two equal signatures mean
+#: "nobody touched the file in between" for the purpose of suppressing our own writes.
+FileSignature = tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """One stage, as data.
+
+    ``deps`` and ``outs`` are POSIX paths relative to the project root.  ``params`` is
+    the stage's table of the params file, or ``None`` when the stage function takes no
+    ``params`` argument.
+    """
+
+    name: str
+    module: str
+    deps: tuple[str, ...] = ()
+    outs: tuple[str, ...] = ()
+    params: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSnapshot:
+    """A validated pipeline: stages in a topological order, plus load-time warnings.
+
+    ``code_digest`` is a hash of the source of every project module the load imported;
+    two workers of one generation that report different digests read different files
+    (the user saved in between) and the generation must not be promoted.
+    """
+
+    stages: tuple[StageSpec, ...]
+    warnings: tuple[str, ...] = ()
+    code_digest: str = ""
+    _by_name: Mapping[str, StageSpec] = field(
+        init=False, repr=False, compare=False, default_factory=dict[str, StageSpec]
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {s.name: s for s in self.stages})
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stages)
+
+    def get(self, name: str) -> StageSpec | None:
+        return self._by_name.get(name)
+
+    def __getitem__(self, name: str) -> StageSpec:
+        return self._by_name[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+
+@dataclass(frozen=True, slots=True)
+class StageOutcome:
+    """What a worker reports after running one stage.
+
+    ``status`` is ``"ok"`` or ``"failed"``; cancellation is decided by the supervisor,
+    never by the worker.  ``out_signatures`` holds the stat signature of every output
+    file (files under a directory output included) taken right after the stage
+    returned, so that the supervisor can tell its own writes from a user's edit.
+    """
+
+    stage: str
+    generation: int
+    pid: int
+    status: str
+    duration_ms: float
+    error: str | None = None
+    traceback: str | None = None
+    output: str = ""
+    out_signatures: Mapping[str, FileSignature] = field(
+        default_factory=dict[str, FileSignature]
+    )
