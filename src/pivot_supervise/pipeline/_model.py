@@ -87,6 +87,4 @@ class StageOutcome:
     error: str | None = None
     traceback: str | None = None
     output: str = ""
-    out_signatures: Mapping[str, FileSignature] = field(
-        default_factory=dict[str, FileSignature]
-    )
+    out_signatures: Mapping[str, FileSignature] = field(default_factory=dict[str, FileSignature])

@@ -1,0 +1,5 @@
+"""``python -m pivot_supervise`` is ``pivot-supervise``."""
+
+from .cli import main
+
+raise SystemExit(main())

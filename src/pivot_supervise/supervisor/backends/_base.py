@@ -1,0 +1,45 @@
+"""The narrow interface between the supervisor's shell and a way of running stages."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+from ...pipeline._model import StageOutcome
+from ...workers._messages import RunRequest
+from .._core import GenerationFailed, GenerationLoaded
+
+
+class StageResult(NamedTuple):
+    """A stage's outcome, and whether its generation lost a worker producing it."""
+
+    outcome: StageOutcome
+    worker_lost: bool = False
+
+
+class Backend(Protocol):
+    """Loads pipelines into generations and runs stages on them.
+
+    The supervisor's core decides which generation exists, which is active and which
+    is retired; a backend only carries that out.  Every method is safe to call from the
+    trio thread: whatever blocks runs elsewhere.
+    """
+
+    async def load(self, generation: int, workers: int) -> GenerationLoaded | GenerationFailed:
+        """Bring up ``generation`` and load the pipeline in every one of its workers."""
+        ...
+
+    async def run(self, request: RunRequest) -> StageResult:
+        """Run one stage on ``request.generation``; never raises for a stage's failure."""
+        ...
+
+    async def retire(self, generation: int) -> None:
+        """Stop ``generation`` for good; its running stages are abandoned."""
+        ...
+
+    def worker_pids(self, generation: int) -> tuple[int, ...]:
+        """The process ids of ``generation``'s workers (empty when none exist)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Retire everything and make sure no process of ours is left."""
+        ...

@@ -1,0 +1,282 @@
+"""Import the user's pipeline and describe it as plain data.
+
+This runs inside a worker of a new generation (or, with ``--no-parallel``, in the
+supervisor itself).  Whatever goes wrong (a syntax error mid-edit, a missing import, an
+exception at import time, an invalid graph) becomes one :class:`PipelineLoadError` whose
+message fits on a line and names the file and line or the offending stage: the user is
+in the middle of editing, and the supervisor shows that line and keeps the last good
+pipeline running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import sys
+import tomllib
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Any, cast
+
+from pivot_supervise.pipeline._dag import PipelineGraph, build_snapshot
+from pivot_supervise.pipeline._errors import PipelineError
+from pivot_supervise.pipeline._model import PipelineSnapshot, StageSpec
+from pivot_supervise.pipeline._paths import normalize_stage_path
+from pivot_supervise.pipeline._registry import REGISTRY, Registration
+
+from ._imports import (
+    install_fresh_source_imports,
+    installed_project_roots,
+    is_project_file,
+    project_module_files,
+    purge_project_modules,
+    source_digest,
+)
+
+__all__ = ["LoadedPipeline", "PipelineLoadError", "load_pipeline"]
+
+StageFunction = Callable[..., Any]
+
+
+class PipelineLoadError(Exception):
+    """The pipeline could not be loaded.
+
+    ``message`` is one line for the user ("SyntaxError in pipeline.py line 3: invalid
+    syntax"); ``traceback`` is the formatted traceback, limited to frames of project code
+    when there are any (the importlib machinery above them is noise to the user).
+    """
+
+    def __init__(self, message: str, traceback: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.traceback = traceback
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPipeline:
+    """A loaded pipeline: its plain-data snapshot plus the functions to call.
+
+    Only the snapshot ever leaves the process; the functions stay with the worker that
+    imported them.
+    """
+
+    snapshot: PipelineSnapshot
+    functions: Mapping[str, StageFunction]
+    project_root: Path
+
+
+def load_pipeline(project_root: Path, pipeline_file: str, params_file: str) -> LoadedPipeline:
+    """Import ``pipeline_file`` (relative to ``project_root``) and validate the pipeline.
+
+    Project code is always compiled from source (see :mod:`._imports`), and project
+    modules imported by an earlier load in this process are purged first, so the load
+    reflects the files as they are now.  Raises :class:`PipelineLoadError`, never
+    anything else for a problem in the user's files.
+    """
+    root = project_root.resolve()
+    try:
+        return _load(root, pipeline_file, params_file)
+    except PipelineLoadError:
+        raise
+    except PipelineError as exc:
+        raise PipelineLoadError(str(exc), _format_traceback(exc, root)) from exc
+    except (Exception, SystemExit) as exc:  # sys.exit() at import time is a user error too
+        raise PipelineLoadError(_describe(exc, root), _format_traceback(exc, root)) from exc
+
+
+def _load(root: Path, pipeline_file: str, params_file: str) -> LoadedPipeline:
+    module_name = _module_name(root, pipeline_file)
+    root_entry = str(root)
+    if not sys.path or sys.path[0] != root_entry:
+        sys.path.insert(0, root_entry)
+    install_fresh_source_imports(root)
+    # Always purge: a failed earlier load may have left helper modules behind even
+    # though the pipeline module itself is gone.  In a fresh worker this is a no-op.
+    # Modules of other roots go too (only a process that loads several projects, like a
+    # test run, has any): a ``helpers`` module of another project would shadow ours.
+    for installed in installed_project_roots():
+        purge_project_modules(installed)
+    REGISTRY.clear()
+    try:
+        module = __import__(module_name, fromlist=["_"])
+        registrations = REGISTRY.registrations()
+    finally:
+        REGISTRY.clear()
+    _check_module_origin(module, root, pipeline_file)
+
+    params = _read_params(root, params_file)
+    specs: list[StageSpec] = []
+    functions: dict[str, StageFunction] = {}
+    warnings: list[str] = []
+    for registration in registrations:
+        spec = _stage_spec(registration, params, params_file)
+        if spec.params is None and isinstance(params.get(spec.name), dict):
+            warnings.append(
+                f"params file {params_file!r} has a table for stage {spec.name!r}, "
+                "but the stage function takes no 'params' argument; it is ignored"
+            )
+        specs.append(spec)
+        functions.setdefault(registration.name, registration.func)
+
+    graph = PipelineGraph(specs)  # validates: duplicates, shared outs, cycles
+    for stage, dep in graph.external_deps():
+        if not (root / dep).exists():
+            warnings.append(
+                f"stage {stage!r} depends on {dep!r}, which no stage produces "
+                "and which does not exist yet"
+            )
+    snapshot = build_snapshot(graph.stages, warnings=warnings, code_digest=_code_digest(root))
+    return LoadedPipeline(snapshot=snapshot, functions=functions, project_root=root)
+
+
+def _module_name(root: Path, pipeline_file: str) -> str:
+    """``pipeline.py`` -> ``pipeline``; ``pipelines/main.py`` -> ``pipelines.main``."""
+    relative = PurePosixPath(pipeline_file.replace("\\", "/"))
+    if relative.is_absolute() or ".." in relative.parts or relative.suffix != ".py":
+        raise PipelineLoadError(
+            f"pipeline file {pipeline_file!r} must be a .py file given relative to the "
+            "project root, e.g. 'pipeline.py'"
+        )
+    if not (root / relative).is_file():
+        raise PipelineLoadError(f"pipeline file {pipeline_file!r} does not exist")
+    parts = relative.with_suffix("").parts
+    if not all(part.isidentifier() for part in parts):
+        raise PipelineLoadError(
+            f"pipeline file {pipeline_file!r} cannot be imported as a module: every "
+            "directory and the file name must be valid Python identifiers"
+        )
+    return ".".join(parts)
+
+
+def _check_module_origin(module: object, root: Path, pipeline_file: str) -> None:
+    """Refuse a module of the same name from elsewhere (say, an installed package)."""
+    file = getattr(module, "__file__", None)
+    expected = (root / pipeline_file).resolve()
+    if not isinstance(file, str) or Path(file).resolve() != expected:
+        name = getattr(module, "__name__", "?")
+        raise PipelineLoadError(
+            f"importing {pipeline_file!r} as module {name!r} found {file!r} instead; "
+            "rename the pipeline file so that it does not clash with that module"
+        )
+
+
+def _read_params(root: Path, params_file: str) -> dict[str, Any]:
+    path = root / params_file
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise PipelineError(f"cannot read params file {params_file!r}: {exc}") from exc
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"params file {params_file!r} is not valid TOML: {exc}") from exc
+
+
+def _stage_spec(
+    registration: Registration, params: Mapping[str, Any], params_file: str
+) -> StageSpec:
+    name = registration.name
+    takes_params = _takes_params(registration)
+    stage_params: dict[str, Any] | None = None
+    if takes_params:
+        entry: object = params.get(name, {})
+        if not isinstance(entry, dict):
+            raise PipelineError(
+                f"stage {name!r}: params file {params_file!r} has {name} = {entry!r}, "
+                f"which is not a table; write it as a [{name}] section"
+            )
+        stage_params = cast("dict[str, Any]", entry)
+    return StageSpec(
+        name=name,
+        module=registration.module,
+        deps=tuple(normalize_stage_path(name, p, "dep") for p in registration.deps),
+        outs=tuple(normalize_stage_path(name, p, "out") for p in registration.outs),
+        params=stage_params,
+    )
+
+
+def _takes_params(registration: Registration) -> bool:
+    """Whether the stage function wants its params table; reject other required args.
+
+    Workers call a stage with nothing but its params, so any other parameter without a
+    default could never be supplied.
+    """
+    try:
+        signature = inspect.signature(registration.func)
+    except (TypeError, ValueError) as exc:
+        raise PipelineError(
+            f"stage {registration.name!r}: cannot inspect its signature ({exc})"
+        ) from exc
+    takes = False
+    for parameter in signature.parameters.values():
+        if parameter.name == "params" and parameter.kind is not parameter.VAR_POSITIONAL:
+            takes = True
+            continue
+        required = parameter.default is parameter.empty and parameter.kind not in (
+            parameter.VAR_POSITIONAL,
+            parameter.VAR_KEYWORD,
+        )
+        if required:
+            raise PipelineError(
+                f"stage {registration.name!r} (module {registration.module}) requires "
+                f"the argument {parameter.name!r}; a stage takes no arguments except an "
+                "optional 'params' (its table of the params file)"
+            )
+    return takes
+
+
+def _code_digest(root: Path) -> str:
+    """sha256 over (module name, source) of every project module the load imported."""
+    digest = hashlib.sha256()
+    for name, file in sorted(project_module_files(root).items()):
+        digest.update(name.encode())
+        digest.update(b"\0")
+        digest.update(source_digest(file).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _describe(exc: BaseException, root: Path) -> str:
+    """One line: "<ExcType> in <file> line <n>: <message>" with the innermost project frame."""
+    kind = type(exc).__name__
+    if isinstance(exc, SyntaxError):
+        where = _location(exc.filename, exc.lineno, root)
+        message = exc.msg
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_user_frame(f)]
+        where = _location(frames[-1].filename, frames[-1].lineno, root) if frames else None
+        message = str(exc)
+    head = f"{kind} in {where}" if where else kind
+    return f"{head}: {message}" if message else head
+
+
+def _location(filename: str | None, lineno: int | None, root: Path) -> str | None:
+    if not filename:
+        return None
+    path = Path(filename)
+    try:
+        shown = path.resolve().relative_to(root).as_posix()
+    except (OSError, ValueError):
+        shown = filename
+    return f"{shown} line {lineno}" if lineno else shown
+
+
+def _is_user_frame(frame: traceback.FrameSummary) -> bool:
+    return bool(frame.filename) and is_project_file(Path(frame.filename))
+
+
+def _format_traceback(exc: BaseException, root: Path) -> str:
+    """The traceback, keeping only frames of project code if there are any."""
+    tb: TracebackType | None = exc.__traceback__
+    frames = traceback.extract_tb(tb)
+    user = traceback.StackSummary.from_list([f for f in frames if _is_user_frame(f)])
+    if not user:
+        return "".join(traceback.format_exception(exc))
+    lines = ["Traceback (most recent call last):\n", *user.format()]
+    lines.extend(traceback.format_exception_only(type(exc), exc))
+    return "".join(lines)

@@ -1,0 +1,280 @@
+"""The worker tasks in real loky worker processes.
+
+Each test owns its executors and shuts them down with ``kill_workers=True``.  These are
+the behaviours the supervisor builds on: fresh code in every generation (even against a
+``.pyc`` that looks fresh), one load task per worker, results that carry their pid,
+workers that die with their supervisor, and how loky reports a worker that crashed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import py_compile
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from importlib.util import cache_from_source
+from pathlib import Path
+
+import loky
+import pytest
+from loky.backend import get_context
+from loky.process_executor import TerminatedWorkerError
+
+from pivot_supervise.pipeline._model import StageOutcome
+from pivot_supervise.workers._tasks import (
+    LoadReply,
+    LoadRequest,
+    RunRequest,
+    initialize_worker,
+    load_generation,
+    ping,
+    run_stage,
+)
+
+TIMEOUT_S = 20.0
+
+PIPELINE = textwrap.dedent(
+    """
+    import os
+    from pathlib import Path
+
+    from pivot_supervise.pipeline._stage import stage
+
+    import value
+
+    @stage(outs=["out.txt"])
+    def produce():
+        print("producing", value.VALUE)
+        Path("out.txt").write_text(value.VALUE)
+
+    @stage()
+    def crash():
+        os._exit(3)
+    """
+)
+
+
+@contextmanager
+def generation(
+    workers: int = 1, env: Mapping[str, str] | None = None
+) -> Iterator[loky.ProcessPoolExecutor]:
+    executor = loky.ProcessPoolExecutor(
+        max_workers=workers,
+        context=get_context("loky"),
+        initializer=initialize_worker,
+        initargs=(os.getpid(),),
+        env=dict(env) if env is not None else None,
+    )
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=False, kill_workers=True)
+
+
+def load(
+    executor: loky.ProcessPoolExecutor, root: Path, number: int, workers: int = 1
+) -> list[LoadReply]:
+    barrier = root.parent / f"barrier-{root.name}-{number}"
+    request = LoadRequest(
+        generation=number,
+        project_root=str(root),
+        pipeline_file="pipeline.py",
+        params_file="params.toml",
+        barrier_dir=str(barrier),
+        barrier_size=workers,
+        barrier_timeout_s=TIMEOUT_S,
+    )
+    futures = [executor.submit(load_generation, request) for _ in range(workers)]
+    replies = [f.result(timeout=TIMEOUT_S) for f in futures]
+    for reply in replies:
+        assert reply.error is None, f"{reply.error}\n{reply.traceback}"
+    return replies
+
+
+def run(executor: loky.ProcessPoolExecutor, number: int, stage: str) -> StageOutcome:
+    future = executor.submit(run_stage, RunRequest(generation=number, stage=stage))
+    return future.result(timeout=TIMEOUT_S)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "pipeline.py").write_text(PIPELINE)
+    (root / "value.py").write_text('VALUE = "A"\n')
+    return root
+
+
+def make_stale_pyc_look_fresh(module: Path, new_text: str) -> None:
+    """Rewrite ``module`` at the same size and mtime as before, over a pyc of the old text.
+
+    That is exactly what a quick same-length edit within one second looks like to the
+    pyc validity check (whole-second mtime plus size).
+    """
+    py_compile.compile(str(module), cfile=cache_from_source(str(module)), doraise=True)
+    before = module.stat()
+    assert len(new_text.encode()) == before.st_size
+    module.write_text(new_text)
+    os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.parametrize(
+    "dont_write_bytecode", [None, "0"], ids=["PYTHONDONTWRITEBYTECODE-unset", "set-to-0"]
+)
+def test_a_new_generation_runs_the_code_as_saved_despite_a_fresh_looking_pyc(
+    project: Path, monkeypatch: pytest.MonkeyPatch, dont_write_bytecode: str | None
+) -> None:
+    # The environment this relies on, explicitly: some shells here export it as "1".
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    env = None if dont_write_bytecode is None else {"PYTHONDONTWRITEBYTECODE": "0"}
+
+    with generation(env=env) as executor:
+        load(executor, project, 1)
+        assert run(executor, 1, "produce").status == "ok"
+    assert (project / "out.txt").read_text() == "A"
+
+    make_stale_pyc_look_fresh(project / "value.py", 'VALUE = "B"\n')
+    # Control: a plain fresh interpreter does import the stale pyc, so this test bites.
+    plain = subprocess.run(
+        [sys.executable, "-c", "import value; print(value.VALUE)"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert plain.stdout.strip() == "A"
+
+    with generation(env=env) as executor:
+        load(executor, project, 2)
+        outcome = run(executor, 2, "produce")
+    assert outcome.status == "ok", outcome.error
+    assert outcome.output == "producing B\n"
+    assert (project / "out.txt").read_text() == "B"
+
+
+def test_each_worker_of_a_generation_takes_exactly_one_load_task(project: Path) -> None:
+    with generation(workers=2) as executor:
+        replies = load(executor, project, 1, workers=2)
+        assert len({reply.pid for reply in replies}) == 2
+        assert all(reply.snapshot is not None for reply in replies)
+        assert replies[0].snapshot == replies[1].snapshot
+        assert ping() == os.getpid()  # ping answers with the pid of whoever runs it
+
+
+def test_a_load_failure_is_a_reply_not_an_exception(project: Path) -> None:
+    (project / "pipeline.py").write_text("import nowhere_to_be_found\n")
+    with generation() as executor:
+        request = LoadRequest(
+            generation=1,
+            project_root=str(project),
+            pipeline_file="pipeline.py",
+            params_file="params.toml",
+            barrier_dir=str(project.parent / "barrier"),
+            barrier_size=1,
+            barrier_timeout_s=TIMEOUT_S,
+        )
+        reply = executor.submit(load_generation, request).result(timeout=TIMEOUT_S)
+        assert reply.snapshot is None
+        assert reply.error == (
+            "ModuleNotFoundError in pipeline.py line 1: No module named 'nowhere_to_be_found'"
+        )
+        outcome = run(executor, 1, "produce")
+    assert outcome.status == "failed"
+    assert outcome.error is not None
+    assert "failed to load the pipeline" in outcome.error
+
+
+def test_a_stage_of_another_generation_is_refused(project: Path) -> None:
+    with generation() as executor:
+        load(executor, project, 1)
+        outcome = run(executor, 2, "produce")
+    assert outcome.status == "failed"
+    assert outcome.error == (
+        "cannot run stage 'produce' of generation 2: this worker belongs to generation 1"
+    )
+
+
+def test_a_worker_that_dies_mid_stage_fails_its_future_with_terminated_worker_error(
+    project: Path,
+) -> None:
+    with generation() as executor:
+        load(executor, project, 1)
+        future = executor.submit(run_stage, RunRequest(generation=1, stage="crash"))
+        with pytest.raises(TerminatedWorkerError):
+            future.result(timeout=TIMEOUT_S)
+
+
+ORPHAN_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    import loky
+    from loky.backend import get_context
+    from pivot_supervise.workers._tasks import LoadRequest, initialize_worker, load_generation
+
+    root, barrier = sys.argv[1], sys.argv[2]
+    executor = loky.ProcessPoolExecutor(
+        max_workers=2, context=get_context("loky"),
+        initializer=initialize_worker, initargs=(os.getpid(),),
+    )
+    request = LoadRequest(1, root, "pipeline.py", "params.toml", barrier, 2, 20.0)
+    futures = [executor.submit(load_generation, request) for _ in range(2)]
+    print(json.dumps([f.result(timeout=20).pid for f in futures]), flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (an orphaned zombie is dead, just not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process semantics")
+def test_workers_exit_when_the_supervisor_is_killed(project: Path, tmp_path: Path) -> None:
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_SCRIPT, str(project), str(tmp_path / "barrier")],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    worker_pids: list[int] = []
+    try:
+        assert supervisor.stdout is not None
+        ready, _, _ = select.select([supervisor.stdout], [], [], TIMEOUT_S)
+        assert ready, "the supervisor script never reported its workers"
+        worker_pids = json.loads(supervisor.stdout.readline())
+        assert len(set(worker_pids)) == 2
+        assert all(_alive(pid) for pid in worker_pids)
+
+        supervisor.send_signal(signal.SIGKILL)
+        supervisor.wait(TIMEOUT_S)
+        deadline = time.monotonic() + 3.0
+        while any(_alive(pid) for pid in worker_pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(_alive(pid) for pid in worker_pids)
+    finally:
+        for pid in [supervisor.pid, *worker_pids]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        supervisor.wait(TIMEOUT_S)
+        if supervisor.stdout is not None:
+            supervisor.stdout.close()
