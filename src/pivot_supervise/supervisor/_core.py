@@ -280,6 +280,8 @@ class SupervisorCore:
         self._attempt_ids = itertools.count(1)
         self._run_ids = itertools.count(1)
         self._out_signatures: dict[str, FileSignature] = {}
+        #: Stage count of the last pipeline a generation loaded: sizes the next one.
+        self._last_stage_count: int | None = None
 
     # ------------------------------------------------------------------ queries
 
@@ -366,6 +368,7 @@ class SupervisorCore:
     def _on_generation_loaded(self, loaded: GenerationLoaded) -> list[Action]:
         if loaded.generation != self._loading:
             return [Retire(loaded.generation)]
+        self._last_stage_count = len(loaded.snapshot)
         if self._reload_again is not None:
             trigger, self._reload_again = self._reload_again, None
             self._loading = None
@@ -489,8 +492,7 @@ class SupervisorCore:
         actions: list[Action] = [_publish("reload_started", generation=generation, trigger=trigger)]
         if not self.options.parallel:
             return [*actions, ReloadInProcess(generation, trigger)]
-        last_count = len(self.pipeline) if self.pipeline is not None else None
-        workers = self.pool_size(last_count)
+        workers = self.pool_size(self._last_stage_count)
         return [*actions, StartGeneration(generation, workers, trigger)]
 
     def _promote(self, loaded: GenerationLoaded, graph: PipelineGraph) -> list[Action]:
