@@ -19,8 +19,8 @@ test: $(STAMP)  ## the whole test suite
 	$(BIN)/python -m pytest
 
 check: $(STAMP)  ## lint (ruff) and type-check (pyright, strict on the package)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks)
+	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
 	$(BIN)/pyright
 
 clean:

@@ -280,6 +280,8 @@ class SupervisorCore:
         self._attempt_ids = itertools.count(1)
         self._run_ids = itertools.count(1)
         self._out_signatures: dict[str, FileSignature] = {}
+        #: Per stage: the status and duration of its last finish (for status queries).
+        self.last_results: dict[str, tuple[str, float | None]] = {}
         #: Stage count of the last pipeline a generation loaded: sizes the next one.
         self._last_stage_count: int | None = None
 
@@ -299,6 +301,44 @@ class SupervisorCore:
     @property
     def loading_generation(self) -> int | None:
         return self._loading
+
+    def status(self) -> dict[str, Any]:
+        """A plain-data picture of the session, for status queries (the API, tests)."""
+        run = self.run
+        return {
+            "state": self.state,
+            "generation": self.active,
+            "loading_generation": self._loading,
+            "workers": list(self.active_workers),
+            "run": None
+            if run is None
+            else {
+                "id": run.run_id,
+                "running": self._sorted(run.running),
+                "pending": self._sorted(run.pending),
+                "finished": self._sorted(run.ok | run.failed | run.skipped | run.cancelled),
+            },
+            "last_error": self.last_error,
+            "counts": dict(self.counts),
+        }
+
+    def stage_table(self) -> list[dict[str, Any]]:
+        """Every stage of the active pipeline, in order, with its last result."""
+        if self.pipeline is None:
+            return []
+        table: list[dict[str, Any]] = []
+        for spec in self.pipeline.stages:
+            status, duration = self.last_results.get(spec.name, (None, None))
+            table.append(
+                {
+                    "name": spec.name,
+                    "deps": list(spec.deps),
+                    "outs": list(spec.outs),
+                    "last_status": status,
+                    "last_duration_ms": duration,
+                }
+            )
+        return table
 
     def pool_size(self, stage_count: int | None) -> int:
         """min(stage count, max_workers, cpu count), and at least one."""
@@ -657,6 +697,8 @@ class SupervisorCore:
         assert run is not None
         {"ok": run.ok, "failed": run.failed, "cancelled": run.cancelled}[status].add(stage)
         self.counts[status] += 1
+        duration = None if outcome is None else round(outcome.duration_ms, 3)
+        self.last_results[stage] = (status, duration)
         fields: dict[str, Any] = {"stage": stage, "status": status, "run_id": run.run_id}
         if outcome is not None:
             fields.update(
@@ -680,6 +722,7 @@ class SupervisorCore:
         assert run is not None
         run.skipped.add(stage)
         self.counts["skipped"] += 1
+        self.last_results[stage] = ("skipped", None)
         return _publish(
             "stage_finished",
             stage=stage,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import loky
@@ -53,6 +54,10 @@ from .backends import Backend, InlineBackend, LokyBackend
 
 log = structlog.get_logger("pivot_supervise.supervisor")
 
+#: A task that lives in the session nursery beside the supervisor's own (e.g. the API
+#: server): started with ``nursery.start(service, supervisor)``, cancelled at the end.
+Service = Callable[["Supervisor", trio.TaskStatus[None]], Awaitable[None]]
+
 #: Exit code after a second Ctrl-C, as shells report death by SIGINT.
 EXIT_INTERRUPTED_TWICE = 130
 #: How long shutting the workers down may take before we stop waiting politely.
@@ -80,6 +85,7 @@ class Supervisor:
         backend: Backend | None = None,
         handle_signals: bool = True,
         cpu_count: int | None = None,
+        services: Sequence[Service] = (),
     ) -> None:
         self.config = config
         self.options = options
@@ -95,6 +101,7 @@ class Supervisor:
         self._session_scope = trio.CancelScope()
         self._waiters: dict[int, trio.CancelScope] = {}
         self._watcher = ProjectWatcher(config) if watch else None
+        self._services = tuple(services)
 
     # ---------------------------------------------------------------- controls
 
@@ -146,6 +153,8 @@ class Supervisor:
                 nursery.start_soon(self._pool, pool_recv)
                 if self._watcher is not None:
                     await nursery.start(self._watch)
+                for service in self._services:
+                    await nursery.start(service, self)
                 self._publish(
                     Event(
                         "supervisor_started",
