@@ -78,24 +78,24 @@ def generation(
         executor.shutdown(wait=False, kill_workers=True)
 
 
-def load(
-    executor: loky.ProcessPoolExecutor, root: Path, number: int, workers: int = 1
-) -> list[LoadReply]:
-    barrier = root.parent / f"barrier-{root.name}-{number}"
-    request = LoadRequest(
+def load_request(root: Path, number: int) -> LoadRequest:
+    directory = root.parent / f"generation-{root.name}-{number}"
+    directory.mkdir(exist_ok=True)
+    return LoadRequest(
         generation=number,
         project_root=str(root),
         pipeline_file="pipeline.py",
         params_file="params.toml",
-        barrier_dir=str(barrier),
-        barrier_size=workers,
-        barrier_timeout_s=TIMEOUT_S,
+        generation_dir=str(directory),
     )
-    futures = [executor.submit(load_generation, request) for _ in range(workers)]
-    replies = [f.result(timeout=TIMEOUT_S) for f in futures]
-    for reply in replies:
-        assert reply.error is None, f"{reply.error}\n{reply.traceback}"
-    return replies
+
+
+def load(executor: loky.ProcessPoolExecutor, root: Path, number: int) -> LoadReply:
+    """Validate generation ``number`` in ``executor``'s (one) worker."""
+    reply = executor.submit(load_generation, load_request(root, number)).result(timeout=TIMEOUT_S)
+    assert reply.error is None, f"{reply.error}\n{reply.traceback}"
+    assert reply.validated
+    return reply
 
 
 def run(executor: loky.ProcessPoolExecutor, number: int, stage: str) -> StageOutcome:
@@ -161,27 +161,14 @@ def test_a_new_generation_runs_the_code_as_saved_despite_a_fresh_looking_pyc(
     assert (project / "out.txt").read_text() == "B"
 
 
-def test_each_worker_of_a_generation_takes_exactly_one_load_task(project: Path) -> None:
-    with generation(workers=2) as executor:
-        replies = load(executor, project, 1, workers=2)
-        assert len({reply.pid for reply in replies}) == 2
-        assert all(reply.snapshot is not None for reply in replies)
-        assert replies[0].snapshot == replies[1].snapshot
-        assert ping() == os.getpid()  # ping answers with the pid of whoever runs it
+def test_ping_answers_with_the_pid_of_whoever_runs_it() -> None:
+    assert ping() == os.getpid()
 
 
 def test_a_load_failure_is_a_reply_not_an_exception(project: Path) -> None:
     (project / "pipeline.py").write_text("import nowhere_to_be_found\n")
     with generation() as executor:
-        request = LoadRequest(
-            generation=1,
-            project_root=str(project),
-            pipeline_file="pipeline.py",
-            params_file="params.toml",
-            barrier_dir=str(project.parent / "barrier"),
-            barrier_size=1,
-            barrier_timeout_s=TIMEOUT_S,
-        )
+        request = load_request(project, 1)
         reply = executor.submit(load_generation, request).result(timeout=TIMEOUT_S)
         assert reply.snapshot is None
         assert reply.error == (
@@ -218,15 +205,15 @@ ORPHAN_SCRIPT = textwrap.dedent(
     import json, os, sys, time
     import loky
     from loky.backend import get_context
-    from pivot_supervise.workers._tasks import LoadRequest, initialize_worker, load_generation
+    from pivot_supervise.workers._tasks import WarmRequest, initialize_worker, warm_up
 
     root, barrier = sys.argv[1], sys.argv[2]
     executor = loky.ProcessPoolExecutor(
         max_workers=2, context=get_context("loky"),
         initializer=initialize_worker, initargs=(os.getpid(),),
     )
-    request = LoadRequest(1, root, "pipeline.py", "params.toml", barrier, 2, 20.0)
-    futures = [executor.submit(load_generation, request) for _ in range(2)]
+    request = WarmRequest(root, barrier, 2, 20.0)
+    futures = [executor.submit(warm_up, request) for _ in range(2)]
     print(json.dumps([f.result(timeout=20).pid for f in futures]), flush=True)
     time.sleep(60)
     """

@@ -37,7 +37,9 @@ class Config:
 
     ``pipeline`` and ``params`` are POSIX paths relative to ``project_root``.
     ``watch`` globs name extra files whose change reloads the pipeline like a code
-    change; ``ignore`` globs name files that are never watched.  ``source`` is the file
+    change; ``ignore`` globs name files that are never watched.  ``preload`` names
+    third-party modules every worker imports when it starts (so a standby generation
+    has already paid for them); never project code.  ``source`` is the file
     the settings came from, or ``None`` when the defaults apply.
     """
 
@@ -48,6 +50,7 @@ class Config:
     ignore: tuple[str, ...] = ()
     max_workers: int | None = None
     debounce_ms: int = 50
+    preload: tuple[str, ...] = ()
     source: Path | None = None
 
     def with_overrides(self, **changes: Any) -> Config:
@@ -177,6 +180,18 @@ def _debounce_ms(source: Path, key: str, value: object) -> int:
     return value
 
 
+def _module_names(source: Path, key: str, value: object) -> tuple[str, ...]:
+    expected = "a list of importable module names, e.g. ['numpy', 'pandas.core']"
+    if not isinstance(value, list):
+        raise _bad(source, key, value, expected)
+    names: list[str] = []
+    for item in cast("list[object]", value):
+        if not isinstance(item, str) or not all(part.isidentifier() for part in item.split(".")):
+            raise ConfigError(f"{source}: {key} entry {item!r} is invalid; expected {expected}")
+        names.append(item)
+    return tuple(names)
+
+
 _CHECKS: dict[str, Callable[[Path, str, object], object]] = {
     "pipeline": _python_file,
     "params": _params_file,
@@ -184,5 +199,6 @@ _CHECKS: dict[str, Callable[[Path, str, object], object]] = {
     "ignore": _globs,
     "max_workers": _max_workers,
     "debounce_ms": _debounce_ms,
+    "preload": _module_names,
 }
 _ACCEPTED = frozenset({*_CHECKS, "max-workers", "debounce-ms"})

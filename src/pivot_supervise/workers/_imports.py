@@ -12,8 +12,9 @@ from the source bytes every time and never reads or writes bytecode.  Everything
 project) keeps the normal, cached import.  Compiling a project's own modules costs a few
 milliseconds; running the wrong code costs the user's trust.
 
-The loader also remembers a hash of the exact bytes it compiled, so that the code digest
-of a load describes the code that runs, not whatever is on disk a moment later.
+The loader also remembers the exact bytes it compiled, so that the code digest of a load
+describes the code that runs, not whatever is on disk a moment later, and so that the
+other workers of a generation can be given exactly those bytes (see :mod:`._overlay`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
 __all__ = [
+    "FreshSourceLoader",
+    "compiled_source",
     "install_fresh_source_imports",
     "installed_project_roots",
     "is_project_file",
@@ -48,8 +51,8 @@ _OWN_PACKAGE = __name__.split(".", 1)[0]
 
 _lock = threading.Lock()
 _roots: set[Path] = set()
-#: sha256 of the source bytes each file was last compiled from, by resolved path.
-_compiled: dict[Path, str] = {}
+#: The source bytes each file was last compiled from and their sha256, by resolved path.
+_compiled: dict[Path, tuple[bytes, str]] = {}
 
 
 class FreshSourceLoader(importlib.machinery.SourceFileLoader):
@@ -59,7 +62,7 @@ class FreshSourceLoader(importlib.machinery.SourceFileLoader):
         path = self.get_filename(fullname)
         source = self.get_data(path)
         with _lock:
-            _compiled[Path(path).resolve()] = hashlib.sha256(source).hexdigest()
+            _compiled[Path(path).resolve()] = (source, hashlib.sha256(source).hexdigest())
         # ``source_to_code`` is what SourceLoader uses after a cache miss; calling it
         # directly skips the cache lookup entirely.
         return self.source_to_code(source, path)
@@ -162,14 +165,27 @@ def project_module_files(project_root: Path) -> dict[str, Path]:
     prefix = os.path.join(str(root), "")
     found: dict[str, Path] = {}
     for name, module in list(sys.modules.items()):
-        if name == "__main__" or name.split(".", 1)[0] == _OWN_PACKAGE:
-            continue
         file = getattr(module, "__file__", None)
-        if not isinstance(file, str) or not os.path.abspath(file).startswith(prefix):
+        if not isinstance(file, str) or not _lexically_under(file, prefix):
+            continue
+        if name == "__main__" or name.split(".", 1)[0] == _OWN_PACKAGE:
             continue
         if _is_under(Path(file), root):
             found[name] = Path(file)
     return found
+
+
+def _lexically_under(file: str, prefix: str) -> bool:
+    """``os.path.abspath(file).startswith(prefix)``, without normalising the common case.
+
+    This runs over every module at each load; an absolute path with nothing for
+    ``abspath`` to normalise (no ``//``, ``/.`` or ``..``) is compared as it is.
+    """
+    if file.startswith(prefix):
+        return True
+    if file.startswith("/") and "//" not in file and "/." not in file:
+        return False
+    return os.path.abspath(file).startswith(prefix)
 
 
 def purge_project_modules(project_root: Path) -> list[str]:
@@ -182,7 +198,8 @@ def purge_project_modules(project_root: Path) -> list[str]:
     names = sorted(project_module_files(project_root))
     for name in names:
         sys.modules.pop(name, None)
-    importlib.invalidate_caches()
+    if names:  # nothing purged (a fresh worker): no cache can hold a purged module's dir
+        importlib.invalidate_caches()
     return names
 
 
@@ -202,8 +219,15 @@ def source_digest(path: Path) -> str:
     with _lock:
         known = _compiled.get(resolved)
     if known is not None:
-        return known
+        return known[1]
     try:
         return hashlib.sha256(resolved.read_bytes()).hexdigest()
     except OSError:
         return ""
+
+
+def compiled_source(path: Path) -> bytes | None:
+    """The exact bytes ``path`` was last compiled from by our loader (None: never was)."""
+    with _lock:
+        known = _compiled.get(path.resolve())
+    return known[0] if known is not None else None

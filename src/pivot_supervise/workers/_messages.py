@@ -13,36 +13,43 @@ from typing import Any
 
 from pivot_supervise.pipeline._model import PipelineSnapshot
 
-__all__ = ["LoadReply", "LoadRequest", "RunRequest"]
+__all__ = ["LoadReply", "LoadRequest", "RunRequest", "WarmReply", "WarmRequest"]
 
 
 @dataclass(frozen=True, slots=True)
 class LoadRequest:
-    """Ask a worker of generation ``generation`` to import the pipeline.
+    """Ask a worker of generation ``generation`` to load the pipeline.
 
-    ``barrier_dir`` and ``barrier_size`` make each of the generation's workers take
-    exactly one load task (see :func:`~pivot_supervise.workers._tasks.load_generation`).
-    Paths are strings: the request is data, and ``str`` pickles the same everywhere.
+    The supervisor submits one per worker.  The first task to start validates the
+    pipeline from disk and writes what it compiled into ``generation_dir``; the others
+    wait there until the supervisor lets them go, then load exactly that (see
+    :func:`~pivot_supervise.workers._tasks.load_generation`).  Paths are strings: the
+    request is data, and ``str`` pickles the same everywhere.
     """
 
     generation: int
     project_root: str
     pipeline_file: str
     params_file: str
-    barrier_dir: str
-    barrier_size: int
-    barrier_timeout_s: float = 60.0
+    #: The generation's private directory (validation claim, gate, validated source).
+    generation_dir: str
+    #: How many workers may load the validated source at once (0: all).
+    load_slots: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class LoadReply:
-    """The result of one load task: a snapshot, or an error with its traceback."""
+    """The result of one load task: a snapshot, or an error with its traceback.
+
+    ``validated`` is true for the one task that validated the pipeline from disk.
+    """
 
     generation: int
     pid: int
     snapshot: PipelineSnapshot | None
     error: str | None
     traceback: str | None
+    validated: bool = False
 
     @property
     def ok(self) -> bool:
@@ -54,9 +61,37 @@ class RunRequest:
     """Run one stage with the given params (``None``: the stage takes no params).
 
     The supervisor sends the params it fingerprinted rather than letting the worker
-    re-read the params file mid-run, so what ran is what was recorded.
+    re-read the params file mid-run, so what ran is what was recorded.  ``validated``
+    is the path of the generation's validated source (set by the backend): a worker
+    that gets a stage before it loaded the pipeline loads that, never the files as they
+    are now.
     """
 
     generation: int
     stage: str
     params: Mapping[str, Any] | None = None
+    validated: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WarmRequest:
+    """Ask each worker of a fresh pool to answer one no-op (see ``warm_up``).
+
+    The tasks meet at a barrier like load tasks, so that each worker answers exactly
+    one; ``project_root`` is only looked at, to report project modules already imported
+    (a standby worker must have none).
+    """
+
+    project_root: str
+    barrier_dir: str
+    barrier_size: int
+    barrier_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class WarmReply:
+    """A worker's pid, and the project modules it had imported (normally none)."""
+
+    pid: int
+    project_modules: tuple[str, ...]
+    error: str | None = None

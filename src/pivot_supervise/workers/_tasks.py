@@ -2,32 +2,46 @@
 
 They are module-level so that they pickle by reference (this module is importable in
 every worker), and they take and return plain frozen dataclasses only.  A worker
-belongs to exactly one generation: it loads that generation's pipeline once, in
-:func:`load_generation`, and then runs its stages with :func:`run_stage`.
+belongs to exactly one generation and loads its pipeline at most once.
 
-Every worker of a new generation must load the pipeline before the generation is
-promoted; otherwise a worker that loads lazily, on its first stage, would import
-whatever is on disk THEN (a newer, maybe broken file than the one validated).  So the
-supervisor submits one load task per worker, and each task waits at a file barrier
-until all of them have checked in: a worker blocked at the barrier cannot take a second
-load task, so each worker takes exactly one.
+How a generation loads (see :func:`load_generation`): the supervisor submits one load
+task per worker, all at once, naming the generation's private directory.  The first
+task to start claims the validation: it imports the pipeline from disk, builds the
+snapshot and writes the exact source it compiled next to it (:mod:`._overlay`).  Every
+other task waits at the directory's *gate*, a file the supervisor holds locked until
+the validation succeeded, then loads that validated source.  So a generation can be
+promoted after ONE load, its other workers import in parallel right after, and none of
+them can import a newer or broken file than the one validated, whenever it gets to it.
+A stage that reaches a worker before any load task did (:func:`run_stage`) loads the
+same validated source first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import importlib
 import os
 import signal
 import sys
 import time
 import traceback
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pivot_supervise.pipeline._model import StageOutcome
 
-from ._loader import LoadedPipeline, PipelineLoadError, load_pipeline
-from ._messages import LoadReply, LoadRequest, RunRequest
+from ._imports import project_module_files
+from ._loader import LoadedPipeline, PipelineLoadError, load_pipeline, load_validated
+from ._messages import LoadReply, LoadRequest, RunRequest, WarmReply, WarmRequest
+from ._overlay import (
+    VALIDATED_FILE,
+    ValidatedPipeline,
+    capture_overlay,
+    read_validated,
+    write_validated,
+)
 from ._runner import execute_stage
 from ._watchdog import start_parent_watchdog
 
@@ -35,11 +49,20 @@ __all__ = [
     "LoadReply",
     "LoadRequest",
     "RunRequest",
+    "WarmReply",
+    "WarmRequest",
     "initialize_worker",
     "load_generation",
     "ping",
     "run_stage",
+    "warm_up",
 ]
+
+#: In a generation's directory: created by the task that validates (holds its pid).
+CLAIM_FILE = "validator"
+#: In a generation's directory: held locked by the supervisor until the validation
+#: succeeded; the other load tasks wait for it (see :func:`load_generation`).
+GATE_FILE = "gate"
 
 #: How long to sleep between two looks at the barrier directory.
 _BARRIER_POLL_S = 0.002
@@ -60,7 +83,7 @@ class _Process:
     state: _WorkerState | None = None
 
 
-def initialize_worker(parent_pid: int) -> None:
+def initialize_worker(parent_pid: int, preload: tuple[str, ...] = ()) -> None:
     """loky initializer: run once in every new worker; never raises.
 
     An initializer that raises breaks the whole pool (every future fails with
@@ -69,24 +92,72 @@ def initialize_worker(parent_pid: int) -> None:
     supervisor shuts its workers down itself, and a worker dying on its own would look
     like a crash.  Bytecode writing is off: project code never uses it (see
     :mod:`._imports`) and nothing else should start now.
+
+    ``preload`` names third-party modules (the ``preload`` setting) imported now, so
+    that a standby worker has paid for them before it is promoted.  They must not be
+    project code: a standby that imported project code is discarded (see
+    :func:`warm_up`).
     """
     try:
         sys.dont_write_bytecode = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The supervisor spawns workers with SIGINT blocked (a Ctrl-C during start-up
+        # stays pending); ignoring it above discarded any pending one.  Unblock it so
+        # that the stages' own subprocesses start with a normal signal mask.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         start_parent_watchdog(parent_pid)
     except BaseException as exc:  # must never escape (see above)
-        with contextlib.suppress(BaseException):
-            sys.stderr.write(f"pivot-supervise worker {os.getpid()}: initializer: {exc!r}\n")
+        _report(f"initializer: {exc!r}")
+    for name in preload:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:  # a broken preload must not break the pool
+            _report(f"preload of {name!r} failed: {type(exc).__name__}: {exc}")
+
+
+def _report(message: str) -> None:
+    with contextlib.suppress(BaseException):
+        sys.stderr.write(f"pivot-supervise worker {os.getpid()}: {message}\n")
+
+
+def warm_up(request: WarmRequest) -> WarmReply:
+    """Answer one no-op after every worker of the pool did (each takes exactly one).
+
+    Used to warm a standby generation: when it returns, every worker process is up,
+    initialised and idle.  Also reports any project module already in ``sys.modules``
+    (a preload that pulled in project code): such a worker must never be promoted,
+    because it did not import that code through the fresh-source loader of a load.
+    """
+    pid = os.getpid()
+    modules = tuple(sorted(project_module_files(Path(request.project_root))))
+    error = _wait_for(
+        Path(request.barrier_dir), pid, request.barrier_size, request.barrier_timeout_s, "warm-up"
+    )
+    return WarmReply(pid, modules, error)
 
 
 def load_generation(request: LoadRequest) -> LoadReply:
-    """Load the pipeline in this worker, then wait until all workers of it did.
+    """Load the generation's pipeline in this worker: validate it, or load the validated.
 
-    Never raises: a load failure or a barrier timeout is an error reply.
+    The first load task of the generation to start (it creates the claim file) imports
+    the pipeline from disk and, if it loads, writes the validated source into the
+    generation's directory before it answers.  Any other task waits until the
+    supervisor releases the gate (once the validation succeeded or failed), then loads
+    the validated source, or reports that there is none.  A worker that already loaded
+    (the validating one taking a second task, or one that got a stage first) answers at
+    once with what it has.  Never raises: a failure is an error reply.
     """
     pid = os.getpid()
+    validated = False
     if _Process.state is None:
-        _Process.state = _load(request)
+        directory = Path(request.generation_dir)
+        if _claim_validation(directory, pid):
+            validated = True
+            _Process.state = _validate(request, pid)
+        else:
+            _wait_at_gate(directory)
+            with _load_slot(directory, request.load_slots):
+                _Process.state = _load_from(directory / VALIDATED_FILE, request.generation)
     state = _Process.state
     if state.generation != request.generation:
         return LoadReply(
@@ -99,20 +170,77 @@ def load_generation(request: LoadRequest) -> LoadReply:
             ),
             traceback=None,
         )
-
-    barrier_error = _wait_at_barrier(request, pid)
     if state.loaded is None:
-        return LoadReply(request.generation, pid, None, state.error, state.traceback)
-    if barrier_error is not None:
-        return LoadReply(request.generation, pid, None, barrier_error, None)
-    return LoadReply(request.generation, pid, state.loaded.snapshot, None, None)
+        return LoadReply(request.generation, pid, None, state.error, state.traceback, validated)
+    return LoadReply(request.generation, pid, state.loaded.snapshot, None, None, validated)
 
 
-def _load(request: LoadRequest) -> _WorkerState:
+def _claim_validation(directory: Path, pid: int) -> bool:
+    """Create the claim file; True if this task is the generation's first."""
+    try:
+        fd = os.open(directory / CLAIM_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as claim:
+        claim.write(str(pid))
+    return True
+
+
+def _wait_at_gate(directory: Path) -> None:
+    """Block until the supervisor releases the generation's gate (no gate: no wait)."""
+    try:
+        fd = os.open(directory / GATE_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    finally:
+        os.close(fd)  # also releases our shared lock
+
+
+@contextlib.contextmanager
+def _load_slot(directory: Path, slots: int) -> Generator[None]:
+    """Hold one of ``slots`` load slots of the generation (0: no limit).
+
+    The other workers load while the generation's first stages already run on the
+    validating one: loading all of them at once on a small machine starves those
+    stages of CPU.  A slot is an ``flock`` on ``slot-<i>``: try each, else wait for one.
+    """
+    if slots <= 0:
+        yield
+        return
+    fds = [os.open(directory / f"slot-{i}", os.O_CREAT | os.O_RDWR, 0o600) for i in range(slots)]
+    try:
+        for fd in fds:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            break
+        else:
+            fcntl.flock(fds[os.getpid() % slots], fcntl.LOCK_EX)
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _validate(request: LoadRequest, pid: int) -> _WorkerState:
+    """Load from disk; on success, write the validated source for the other workers."""
     root = Path(request.project_root)
     try:
         os.chdir(root)
         loaded = load_pipeline(root, request.pipeline_file, request.params_file)
+        validated = ValidatedPipeline(
+            generation=request.generation,
+            validator_pid=pid,
+            project_root=str(loaded.project_root),
+            pipeline_file=request.pipeline_file,
+            params_file=request.params_file,
+            overlay=capture_overlay(loaded.project_root, loaded.params_source),
+            snapshot=loaded.snapshot,
+        )
+        write_validated(Path(request.generation_dir), validated)
     except PipelineLoadError as exc:
         return _WorkerState(request.generation, root, None, exc.message, exc.traceback)
     except Exception as exc:  # a bug of ours or an unreadable root: still a reply
@@ -122,41 +250,103 @@ def _load(request: LoadRequest) -> _WorkerState:
     return _WorkerState(request.generation, root, loaded, None, None)
 
 
-def _wait_at_barrier(request: LoadRequest, pid: int) -> str | None:
-    """Check in as ``<barrier_dir>/<pid>``; wait for ``barrier_size`` check-ins.
+def _load_from(path: Path, generation: int) -> _WorkerState:
+    """Load the validated source at ``path`` (never the files on disk); or an error state.
+
+    A failure here cannot be the user's (the same source loaded in the validating
+    worker): it is reported on the worker's stderr too, and every stage sent to this
+    worker fails naming it.
+    """
+    pid = os.getpid()
+    try:
+        validated = read_validated(path)
+    except FileNotFoundError:
+        return _WorkerState(
+            generation,
+            path.parent,
+            None,
+            f"worker {pid} did not load generation {generation}: its pipeline "
+            f"failed to validate{_validator(path.parent)}",
+            None,
+        )
+    except Exception as exc:
+        message = (
+            f"worker {pid} cannot read the validated pipeline of generation {generation} "
+            f"({type(exc).__name__}: {exc})"
+        )
+        _report(message)
+        return _WorkerState(generation, path.parent, None, message, traceback.format_exc())
+    root = Path(validated.project_root)
+    if validated.generation != generation:
+        message = (
+            f"worker {pid} was given the validated pipeline of generation "
+            f"{validated.generation} for generation {generation}"
+        )
+        _report(message)
+        return _WorkerState(generation, root, None, message, None)
+    try:
+        os.chdir(root)
+        loaded = load_validated(validated)
+    except PipelineLoadError as exc:
+        message = f"worker {pid} could not load the validated pipeline: {exc.message}"
+        _report(message)
+        return _WorkerState(generation, root, None, message, exc.traceback)
+    except Exception as exc:
+        message = f"worker {pid} could not load the validated pipeline: {exc!r}"
+        _report(message)
+        return _WorkerState(generation, root, None, message, traceback.format_exc())
+    return _WorkerState(generation, root, loaded, None, None)
+
+
+def _validator(directory: Path) -> str:
+    try:
+        return f" in worker {(directory / CLAIM_FILE).read_text().strip()}"
+    except OSError:
+        return ""
+
+
+def _wait_for(directory: Path, pid: int, size: int, timeout_s: float, what: str) -> str | None:
+    """Check in as ``<directory>/<pid>``; wait for ``size`` check-ins.
 
     Returns an error message on timeout (or if the barrier directory is unusable).
     """
-    directory = Path(request.barrier_dir)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / str(pid)).touch()
     except OSError as exc:
-        return f"cannot check in at the load barrier {request.barrier_dir!r}: {exc}"
-    deadline = time.monotonic() + request.barrier_timeout_s
+        return f"cannot check in at the {what} barrier {str(directory)!r}: {exc}"
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             arrived = len(os.listdir(directory))
         except OSError as exc:
-            return f"load barrier {request.barrier_dir!r} became unreadable: {exc}"
-        if arrived >= request.barrier_size:
+            return f"{what} barrier {str(directory)!r} became unreadable: {exc}"
+        if arrived >= size:
             return None
         if time.monotonic() >= deadline:
             return (
-                f"load barrier timed out after {request.barrier_timeout_s:g} s: "
-                f"{arrived} of {request.barrier_size} workers checked in"
+                f"{what} barrier timed out after {timeout_s:g} s: "
+                f"{arrived} of {size} workers checked in"
             )
         time.sleep(_BARRIER_POLL_S)
 
 
 def run_stage(request: RunRequest) -> StageOutcome:
-    """Run one stage of the pipeline this worker loaded; output captured at the fd level."""
+    """Run one stage of the pipeline this worker loaded; output captured at the fd level.
+
+    A worker that has not loaded yet (loky handed it a stage before its load task)
+    loads the generation's validated source first, never the files as they are now.
+    """
     state = _Process.state
+    if state is None and request.validated is not None:
+        state = _Process.state = _load_from(Path(request.validated), request.generation)
     if state is None or state.loaded is None or state.generation != request.generation:
         if state is None:
             why = "this worker has not loaded a pipeline"
         elif state.generation != request.generation:
             why = f"this worker belongs to generation {state.generation}"
+        elif state.error is not None:
+            why = f"this worker failed to load the pipeline: {state.error}"
         else:
             why = "this worker failed to load the pipeline"
         return StageOutcome(

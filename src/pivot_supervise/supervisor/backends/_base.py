@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
+import trio
+
 from ...pipeline._model import StageOutcome
 from ...workers._messages import RunRequest
 from .._core import GenerationFailed, GenerationLoaded
@@ -24,8 +26,21 @@ class Backend(Protocol):
     trio thread: whatever blocks runs elsewhere.
     """
 
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background work of the backend (e.g. keeping a standby generation warm).
+
+        Started in the session nursery before the first load, cancelled at its end;
+        :meth:`aclose` follows.  A backend with nothing to do in the background just
+        reports started and sleeps.
+        """
+        ...
+
     async def load(self, generation: int, workers: int) -> GenerationLoaded | GenerationFailed:
-        """Bring up ``generation`` and load the pipeline in every one of its workers."""
+        """Bring up ``generation``; answer once the pipeline validated in one of its workers.
+
+        Returns with every worker pid of the generation; the other workers load the
+        validated source in the background (never the files as they are by then).
+        """
         ...
 
     async def run(self, request: RunRequest) -> StageResult:

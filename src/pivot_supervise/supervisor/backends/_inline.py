@@ -32,6 +32,11 @@ class InlineBackend:
         self._root = config.project_root.resolve()
         self._loaded: dict[int, LoadedPipeline] = {}
 
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Nothing runs in the background without a pool."""
+        task_status.started()
+        await trio.sleep_forever()
+
     async def load(self, generation: int, workers: int) -> GenerationLoaded | GenerationFailed:
         def load() -> LoadedPipeline:
             # Stages run with the project root as working directory, as in a worker.

@@ -5,119 +5,354 @@ workers (and their stale modules) even with ``kill_workers=True``, and it is sto
 thread.  Owning one :class:`loky.ProcessPoolExecutor` per generation number makes a
 restart a real restart, and makes "which code produced this result" a number.
 
-A generation becomes usable only after each of its workers imported the pipeline: the
-load tasks meet at a barrier, so that every worker takes exactly one, and all of them
-must agree on the source they read.  A worker that imported lazily later could read a
-newer, even broken, file than the one that was validated.
+A generation is promoted as soon as ONE of its workers validated the pipeline: one
+load task per worker is submitted at once; the first to start imports the pipeline from
+disk and writes the exact source it compiled into the generation's private directory;
+the others wait at a *gate* (a file this backend holds locked) and, once it is released
+right after the validation, import that recorded source in parallel (see
+:mod:`...workers._tasks` and :mod:`...workers._overlay`).  So no worker of a generation
+can run a newer, even broken, file than the one that was validated, and promotion costs
+one import instead of one per worker.  A stage sent to a worker before it loaded loads
+the same recorded source first (``RunRequest.validated``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
+import fcntl
+import functools
+import gc
 import os
 import shutil
-import signal
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, cast
 
 import loky
 import structlog
 import trio
-from loky.backend.context import get_context
 from loky.process_executor import ShutdownExecutorError
 
 from ...pipeline._model import StageOutcome
-from ...workers._messages import LoadReply, LoadRequest, RunRequest
-from ...workers._tasks import initialize_worker, load_generation, run_stage
+from ...workers._messages import LoadReply, LoadRequest, RunRequest, WarmReply, WarmRequest
+from ...workers._overlay import VALIDATED_FILE
+from ...workers._tasks import GATE_FILE, load_generation, run_stage, warm_up
 from .._bridge import wait_future
 from .._config import Config
 from .._core import GenerationFailed, GenerationLoaded
 from ._base import StageResult
+from ._procs import KILL_GRACE_S, WORKER_ENV, new_executor, reap, shut_down, sigint_blocked
+from ._standby import StandbyKeeper, StandbyUnavailable
+
+__all__ = [
+    "KILL_GRACE_S",
+    "WORKER_ENV",
+    "LoadGate",
+    "LokyBackend",
+    "ReadyStandby",
+    "StandbyUnavailable",
+]
 
 log = structlog.get_logger("pivot_supervise.pool")
 
-#: Environment of every worker interpreter, set before it starts.  Project modules are
-#: compiled from source by the workers' import hook; not writing bytecode at all keeps
-#: third-party caches untouched by us and project ``__pycache__`` from growing.
-WORKER_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
 
-#: How long a retired generation's workers get to disappear before we SIGKILL them.
-KILL_GRACE_S = 2.0
+#: How long closing the last backend waits for loky's resource tracker to exit.
+TRACKER_STOP_TIMEOUT_S = 2.0
+
+
+class ReadyStandby(NamedTuple):
+    """A ready standby: its worker pids and how long starting them took."""
+
+    pids: tuple[int, ...]
+    fill_ms: float
+
+
+#: Awaited before a validated generation's other workers may load (a test seam).
+LoadGate = Callable[[int], Awaitable[None]]
 
 
 @dataclass(slots=True)
 class _Generation:
     number: int
     executor: loky.ProcessPoolExecutor
-    barrier_dir: Path
+    #: Private: the validation claim, the gate, the validated source.
+    directory: Path
+    gate: _Gate
     pids: tuple[int, ...] = ()
+    from_standby: bool = False
+    #: Validated and promoted: its other workers load the validated source.
+    loaded: bool = False
+
+    @property
+    def validated(self) -> str:
+        return str(self.directory / VALIDATED_FILE)
+
+
+class _Gate:
+    """The lock file the other load tasks of a generation wait on (see ``_tasks``).
+
+    Held exclusively from before the load tasks are submitted until :meth:`release`.
+    Taking an uncontended ``flock`` with ``LOCK_NB`` never blocks, and closing the
+    descriptor releases it; our descriptors are not inherited by the workers.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._fd: int | None = os.open(directory / GATE_FILE, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 class LokyBackend:
-    """Owns the executors of every live generation, keyed by generation number."""
+    """Owns the executors of every live generation, keyed by generation number.
 
-    def __init__(self, config: Config) -> None:
+    With ``standby=True`` it also keeps the next generation's workers started ahead of
+    time (see :mod:`._standby`); that needs :meth:`serve` running.  ``max_workers`` is
+    the supervisor's cap on a pool (``min(max_workers, cpu count)``): with it the
+    standby's size after a load is exactly the size the core will ask for next.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        standby: bool = False,
+        max_workers: int | None = None,
+        load_gate: LoadGate | None = None,
+    ) -> None:
+        """``load_gate``: a test seam.  When given, it is awaited (in :meth:`serve`)
+        after a generation was validated and promoted, before its other workers may
+        load; a test uses it to act in between (say, break a file on disk).
+        """
         self._config = config
         self._root = config.project_root.resolve()
         self._generations: dict[int, _Generation] = {}
         self._all_pids: set[int] = set()
+        self._cap = max_workers
+        self._standby = StandbyKeeper(self._root, config.preload) if standby else None
+        self._load_gate = load_gate
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ standby
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the standby filled (if enabled) until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._standby is not None:
+                    await nursery.start(self._standby.serve)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    @property
+    def standby_enabled(self) -> bool:
+        return self._standby is not None
+
+    def standby_pids(self) -> tuple[int, ...]:
+        """The ready standby's worker pids (empty when none is ready or it is disabled)."""
+        return self._standby.ready_pids() if self._standby is not None else ()
+
+    async def wait_standby(self) -> ReadyStandby:
+        """Wait until a standby of the expected size is ready; its pids and fill time.
+
+        Raises :class:`StandbyUnavailable` when standby is disabled or the last one was
+        discarded.  Unbounded: wrap it in a timeout.
+        """
+        if self._standby is None:
+            raise StandbyUnavailable("standby generations are disabled")
+        ready = await self._standby.wait_ready()
+        return ReadyStandby(ready.pids, ready.fill_ms)
+
+    def _next_size(self, workers: int, result: GenerationLoaded | GenerationFailed) -> int:
+        """The pool size the core will ask for next (it sizes by the last stage count)."""
+        if not isinstance(result, GenerationLoaded):
+            return workers
+        stages = len(result.snapshot)
+        if self._cap is not None:
+            return max(1, min(self._cap, stages))
+        return max(1, min(workers, stages))
 
     # --------------------------------------------------------------- generations
 
     async def load(self, generation: int, workers: int) -> GenerationLoaded | GenerationFailed:
-        barrier_dir = Path(tempfile.mkdtemp(prefix=f"pivot-supervise-g{generation}-"))
+        result: GenerationLoaded | GenerationFailed = GenerationFailed(generation, "cancelled")
+        try:
+            result = await self._load(generation, workers)
+            return result
+        finally:
+            if self._standby is not None:
+                self._standby.want(self._next_size(workers, result))
+
+    async def _load(self, generation: int, workers: int) -> GenerationLoaded | GenerationFailed:
+        directory = Path(tempfile.mkdtemp(prefix=f"pivot-supervise-g{generation}-"))
         request = LoadRequest(
             generation=generation,
             project_root=str(self._root),
             pipeline_file=self._config.pipeline,
             params_file=self._config.params,
-            barrier_dir=str(barrier_dir),
-            barrier_size=workers,
+            generation_dir=str(directory),
+            load_slots=_load_slots(),
         )
         started = time.perf_counter()
-
-        def spawn() -> tuple[loky.ProcessPoolExecutor, list[concurrent.futures.Future[LoadReply]]]:
-            # submit() spawns the workers and blocks meanwhile: never on the trio thread.
-            executor = loky.ProcessPoolExecutor(
-                max_workers=workers,
-                context=get_context("loky"),
-                initializer=initialize_worker,
-                initargs=(os.getpid(),),
-                env=WORKER_ENV,
-            )
-            self._generations[generation] = _Generation(generation, executor, barrier_dir)
-            return executor, [executor.submit(load_generation, request) for _ in range(workers)]
-
-        _, futures = await trio.to_thread.run_sync(spawn)
-        replies: list[LoadReply] = []
+        standby = await self._standby.take(workers) if self._standby is not None else None
+        # Held before any load task exists: only the validating task may proceed.
+        gate = _Gate(directory)
+        futures: list[concurrent.futures.Future[LoadReply]] = []
         try:
-            for future in futures:
-                replies.append(await wait_future(future))
+            if standby is not None:
+                self._all_pids.update(standby.pids)
+                gen = _Generation(
+                    generation, standby.executor, directory, gate, standby.pids, from_standby=True
+                )
+                self._generations[generation] = gen
+                # The standby's workers are up, so submit() only queues (as for a stage).
+                futures = [gen.executor.submit(load_generation, request) for _ in range(workers)]
+            else:
+                gen = await trio.to_thread.run_sync(self._spawn, workers, gate, request, futures)
+                self._all_pids.update(gen.pids)
+            reply = await self._wait_for_validation(gen, futures)
         except (concurrent.futures.process.BrokenProcessPool, ShutdownExecutorError) as exc:
+            gate.release()
             return GenerationFailed(
                 generation, f"a worker died while loading the pipeline: {_first_line(exc)}"
             )
-        pids = tuple(reply.pid for reply in replies)
-        self._generations[generation].pids = pids
-        self._all_pids.update(pids)
+        result = _verdict(generation, reply, gen.pids)
+        if isinstance(result, GenerationLoaded):
+            gen.loaded = True
+            self._open_gate(generation, gate)
+        else:
+            gate.release()  # the others answer "failed to validate"; the core retires it
         log.debug(
-            "generation loaded",
+            "generation validated",
             generation=generation,
-            workers=pids,
+            workers=gen.pids,
+            validated_in=reply.pid,
+            standby=standby is not None,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
-        return _verdict(generation, replies)
+        return result
+
+    def _spawn(
+        self,
+        workers: int,
+        gate: _Gate,
+        request: LoadRequest,
+        futures: list[concurrent.futures.Future[LoadReply]],
+    ) -> _Generation:
+        """A cold start (blocking: the first submit() spawns the workers)."""
+        with sigint_blocked():
+            executor = new_executor(workers, self._config.preload)
+            generation = request.generation
+            gen = _Generation(generation, executor, Path(request.generation_dir), gate)
+            self._generations[generation] = gen
+            futures.extend(executor.submit(load_generation, request) for _ in range(workers))
+            gen.pids = _spawned_pids(executor)
+        if len(gen.pids) != workers:
+            raise ShutdownExecutorError(f"expected {workers} worker processes, found {gen.pids}")
+        return gen
+
+    async def _wait_for_validation(
+        self, gen: _Generation, futures: list[concurrent.futures.Future[LoadReply]]
+    ) -> LoadReply:
+        """The validating task's reply: the first to come, as the others wait at the gate.
+
+        The other tasks' replies arrive later, on the trio thread too; one that failed
+        to load the validated source is logged loudly (its stages fail naming it).
+        """
+        token = trio.lowlevel.current_trio_token()
+        arrived = trio.Event()
+        first: list[concurrent.futures.Future[LoadReply]] = []
+
+        def on_trio_thread(future: concurrent.futures.Future[LoadReply]) -> None:
+            try:
+                if not first:
+                    first.append(future)
+                    arrived.set()
+                else:
+                    self._check_background_load(gen, future)
+            except Exception as exc:  # must never raise inside run_sync_soon
+                log.error("could not check a worker's load", error=repr(exc))
+
+        def on_done(future: concurrent.futures.Future[LoadReply]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(on_trio_thread, future)
+
+        for future in futures:
+            future.add_done_callback(on_done)
+        await arrived.wait()
+        return first[0].result()
+
+    def _check_background_load(
+        self, gen: _Generation, future: concurrent.futures.Future[LoadReply]
+    ) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # retired, or a worker died: the generation's stages report that
+        reply = future.result()
+        if reply.error is not None and gen.loaded and gen.number in self._generations:
+            log.error(
+                "a worker could not load the validated pipeline; its stages will fail",
+                generation=gen.number,
+                worker=reply.pid,
+                error=reply.error,
+            )
+
+    def _open_gate(self, generation: int, gate: _Gate) -> None:
+        """Let the generation's other workers load (after the test seam, if any)."""
+        if self._load_gate is None:
+            gate.release()
+            return
+        if self._nursery is None:
+            gate.release()
+            raise RuntimeError("a load_gate needs LokyBackend.serve running")
+        self._nursery.start_soon(self._open_gate_later, generation, gate)
+
+    async def _open_gate_later(self, generation: int, gate: _Gate) -> None:
+        assert self._load_gate is not None
+        try:
+            await self._load_gate(generation)
+        finally:
+            gate.release()
+
+    async def ping_each(self, generation: int) -> tuple[int, ...]:
+        """Have each worker of ``generation`` answer one no-op; return their pids.
+
+        The no-ops meet at a barrier, so each worker answers exactly one (a benchmark's
+        "every worker is ready", or a health check).
+        """
+        gen = self._generations.get(generation)
+        if gen is None:
+            return ()
+        size = len(gen.pids)
+        barrier = Path(tempfile.mkdtemp(prefix=f"pivot-supervise-ping-g{generation}-"))
+        request = WarmRequest(str(self._root), str(barrier), size)
+        try:
+            futures: list[concurrent.futures.Future[WarmReply]] = await trio.to_thread.run_sync(
+                lambda: [gen.executor.submit(warm_up, request) for _ in range(size)]
+            )
+            return tuple([(await wait_future(future)).pid for future in futures])
+        finally:
+            shutil.rmtree(barrier, ignore_errors=True)
 
     async def retire(self, generation: int) -> None:
         gen = self._generations.pop(generation, None)
         if gen is None:
             return
-        # shutdown(wait=False) only wakes loky's manager thread, which kills the workers.
-        await trio.to_thread.run_sync(lambda: gen.executor.shutdown(wait=False, kill_workers=True))
-        shutil.rmtree(gen.barrier_dir, ignore_errors=True)
+        gen.gate.release()
+        # Off the trio thread: loky's manager thread kills the workers, and we wait until
+        # it let go of the executor (see shut_down); abandoned if the caller gives up.
+        await trio.to_thread.run_sync(shut_down, gen.executor, abandon_on_cancel=True)
+        shutil.rmtree(gen.directory, ignore_errors=True)
         log.debug("generation retired", generation=generation, workers=gen.pids)
 
     def worker_pids(self, generation: int) -> tuple[int, ...]:
@@ -130,6 +365,8 @@ class LokyBackend:
         gen = self._generations.get(request.generation)
         if gen is None:
             return StageResult(_failed(request, "its generation was retired before it started"))
+        # A worker that gets this stage before its load task loads the validated source.
+        request = dataclasses.replace(request, validated=gen.validated)
         try:
             # The workers are already up, so submit() only queues the task.
             future = gen.executor.submit(run_stage, request)
@@ -146,25 +383,30 @@ class LokyBackend:
         """Retire every generation, then make sure each worker we ever had is gone."""
         for number in list(self._generations):
             await self.retire(number)
-        await trio.to_thread.run_sync(_reap, set(self._all_pids))
-        _stop_resource_tracker()
+        pids = set(self._all_pids)
+        if self._standby is not None:
+            await self._standby.aclose()
+            pids |= self._standby.all_pids
+        await trio.to_thread.run_sync(reap, pids)
+        # loky's resource trackers belong to the process, not to one backend: another
+        # supervisor in this process may still use them.  The process stops them on its
+        # way out, with :func:`release_process_resources`.
 
 
-def _verdict(generation: int, replies: list[LoadReply]) -> GenerationLoaded | GenerationFailed:
-    for reply in replies:
-        if not reply.ok:
-            return GenerationFailed(
-                generation, reply.error or "unknown error", reply.traceback or ""
-            )
-    snapshots = [reply.snapshot for reply in replies if reply.snapshot is not None]
-    if len({s.code_digest for s in snapshots}) > 1:
+def _verdict(
+    generation: int, reply: LoadReply, pids: tuple[int, ...]
+) -> GenerationLoaded | GenerationFailed:
+    if not reply.validated:
+        # Impossible while the gate is held (only the validating task can answer); a
+        # bug, but no reason to promote code nobody validated.
+        return GenerationFailed(generation, f"worker {reply.pid} answered before validation")
+    if not reply.ok or reply.snapshot is None:
+        return GenerationFailed(generation, reply.error or "unknown error", reply.traceback or "")
+    if len(set(pids)) != len(pids) or reply.pid not in pids:
         return GenerationFailed(
-            generation, "the project's code changed while the generation was loading it"
+            generation, f"unexpected worker pids {pids} (validated in {reply.pid})"
         )
-    pids = tuple(reply.pid for reply in replies)
-    if len(set(pids)) != len(pids):
-        return GenerationFailed(generation, f"a worker took two load tasks (pids {pids})")
-    return GenerationLoaded(generation, snapshots[0], pids)
+    return GenerationLoaded(generation, reply.snapshot, pids)
 
 
 def _failed(request: RunRequest, why: str) -> StageOutcome:
@@ -187,46 +429,65 @@ def _exit_codes(exc: BaseException) -> str:
     text = str(exc)
     marker = "The exit codes of the workers are"
     if marker in text:
-        return "exit codes " + text.split(marker, 1)[1].strip().rstrip(".")
+        # loky goes on with a sentence about tracebacks on stderr: keep one line.
+        codes = text.split(marker, 1)[1].strip().splitlines()[0]
+        return "exit codes " + codes.rstrip(".")
     return _first_line(exc)
 
 
-def _process_gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (a zombie waiting for loky to reap it counts)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
-    except FileNotFoundError:
-        return True
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
+def release_process_resources() -> None:
+    """Stop this process's resource trackers, once no supervisor runs any more.
 
+    loky starts one resource tracker per process (and, through it, the standard
+    library's); they outlive every executor, and exit by themselves when the process
+    does.  Call this right before the process exits (the CLI does) or after the last
+    supervisor of an embedding application, to leave no helper process behind.  It
+    never kills them (that would leak named semaphores): shut-down executors are
+    collected first, so that they unregister their semaphores, then each tracker is
+    asked to stop, with a bounded wait.  Blocking: not for the trio thread.
+    """
+    gc.collect()
+    from multiprocessing import resource_tracker as stdlib_tracker
 
-def _reap(pids: set[int]) -> None:
-    """Wait briefly for ``pids`` to exit; SIGKILL whatever is still there."""
-    deadline = time.monotonic() + KILL_GRACE_S
-    alive = {pid for pid in pids if not _process_gone(pid)}
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.01)
-        alive = {pid for pid in alive if not _process_gone(pid)}
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        log.warning("worker did not exit after shutdown; killed it", pid=pid)
+    from loky.backend import resource_tracker as loky_tracker
 
-
-def _stop_resource_tracker() -> None:
-    """Stop loky's resource tracker cleanly (killing it would leak named semaphores)."""
-    try:
-        from loky.backend import resource_tracker
-
-        tracker = resource_tracker._resource_tracker  # pyright: ignore[reportPrivateUsage]
+    trackers: list[object] = [
+        loky_tracker._resource_tracker,  # pyright: ignore[reportPrivateUsage]
+        stdlib_tracker._resource_tracker,  # pyright: ignore[reportPrivateUsage]
+    ]
+    for tracker in trackers:
         stop = getattr(tracker, "_stop", None)
-        if callable(stop):
-            stop()
-    except Exception as exc:  # a best-effort cleanup must not turn an exit into a crash
-        log.debug("could not stop loky's resource tracker", error=repr(exc))
+        if not callable(stop):
+            continue
+        try:
+            try:
+                stop(wait_timeout=TRACKER_STOP_TIMEOUT_S)
+            except TypeError:  # a tracker whose _stop takes no timeout
+                stop()
+        except Exception as exc:  # best effort: an exit must not turn into a crash
+            log.debug("could not stop a resource tracker", error=repr(exc))
+
+
+@functools.cache
+def _load_slots() -> int:
+    """How many of a generation's other workers load at once: all cores but one.
+
+    Right after promotion the first stages run on the validating worker; the other
+    workers' loads are CPU-bound.  All of them at once (16 workers on 2 cores) slowed
+    a trivial first stage from ~2 ms to ~10-15 ms here; one core's worth of loaders
+    keeps the time until every worker is loaded about the same.
+    """
+    return max(1, (loky.cpu_count() or 1) - 1)
+
+
+def _spawned_pids(executor: loky.ProcessPoolExecutor) -> tuple[int, ...]:
+    """The worker pids of an executor whose first ``submit`` just spawned them.
+
+    loky keeps its workers in ``_processes`` (pid -> process), filled by that submit;
+    there is no public accessor.  A loky without it yields no pids, and the load fails
+    with a clear error rather than promoting a generation we could not account for.
+    """
+    processes: object = getattr(executor, "_processes", None)
+    if not isinstance(processes, dict):
+        return ()
+    return tuple(pid for pid in cast("dict[object, object]", processes) if isinstance(pid, int))

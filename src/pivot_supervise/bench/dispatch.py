@@ -1,0 +1,139 @@
+"""``bench dispatch``: the supervisor's cost per stage, against plain loky.
+
+``stages`` trivial independent stages run once through a real :class:`Supervisor` (one
+shot, no watcher): the time from ``run_started`` to ``run_finished``.  The baseline is
+plain loky with as many workers (warmed up, the pipeline imported in each), mapping the
+very same stage functions: ``list(executor.map(call, functions))``.  The ratio is what
+the supervisor adds: the sans-IO core's bookkeeping, one event per start and finish,
+capturing each stage's output, and no more tasks in flight than workers (so that a
+cancelled or failed stage never has queued successors to take back).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import loky
+import trio
+from loky.backend.context import get_context
+
+from ..pipeline._registry import REGISTRY
+from ..supervisor._config import load_config
+from ..supervisor._core import RunOptions
+from ..supervisor._supervisor import Supervisor
+from ..workers._messages import WarmRequest
+from ..workers._tasks import warm_up
+from ._common import Progress, machine, quiet, temporary_project, trivial_stages_source
+
+DEFAULT_STAGES = 500
+WAIT_S = 300.0
+#: The pipeline module's name: unusual, so that importing it here clashes with nothing.
+MODULE = "pivot_supervise_bench_dispatch_stages"
+
+
+def call(function: Callable[[], object]) -> object:
+    """What the baseline maps: call one stage function (pickled by reference)."""
+    return function()
+
+
+def measure_dispatch(
+    stages: int = DEFAULT_STAGES, *, max_workers: int | None = None, progress: Progress = quiet
+) -> dict[str, Any]:
+    """Run the dispatch benchmark; returns the JSON document of ``bench dispatch --json``."""
+    files = {
+        f"{MODULE}.py": trivial_stages_source(stages),
+        "pivot-supervise.toml": f'pipeline = "{MODULE}.py"\n',
+    }
+    with temporary_project(files, prefix="dispatch") as root:
+        progress(f"dispatch: {stages} stages through the supervisor")
+        supervised = trio.run(_supervised, root, max_workers)
+        workers = supervised["workers"]
+        progress(f"dispatch: {stages} stages through plain loky on {workers} workers")
+        plain_ms = _plain(root, stages, workers)
+    ratio = supervised["ms"] / plain_ms if plain_ms > 0 else float("nan")
+    return {
+        "machine": machine(),
+        "stages": stages,
+        "workers": workers,
+        "supervisor_ms": round(supervised["ms"], 2),
+        "loky_ms": round(plain_ms, 2),
+        "ratio": round(ratio, 3),
+        "ok": supervised["ok"],
+        "failed": supervised["failed"],
+    }
+
+
+async def _supervised(root: Path, max_workers: int | None) -> dict[str, Any]:
+    options = RunOptions(parallel=True, max_workers=max_workers)
+    supervisor = Supervisor(
+        load_config(root), options, watch=False, handle_signals=False, standby=False
+    )
+    events = supervisor.bus.subscribe().events
+    found: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor.run)
+        with trio.fail_after(WAIT_S):
+            async for event in events:
+                if event.name == "generation_ready":
+                    found["workers"] = len(event.get("workers", []))
+                elif event.name == "run_started":
+                    found["start"] = time.perf_counter()
+                elif event.name == "run_finished":
+                    found["ms"] = (time.perf_counter() - found["start"]) * 1000
+                    found["ok"] = event.get("ok")
+                    found["failed"] = event.get("failed")
+                    supervisor.stop()
+    if "ms" not in found:
+        raise RuntimeError("the supervisor stopped before its run finished")
+    return found
+
+
+def _plain(root: Path, stages: int, workers: int) -> float:
+    functions = _import_stages(root, stages)
+    executor = loky.ProcessPoolExecutor(max_workers=workers, context=get_context("loky"))
+    barrier = Path(tempfile.mkdtemp(prefix="pivot-supervise-bench-dispatch-"))
+    try:
+        # Warm up: every worker started and has imported the stages' module.
+        request = WarmRequest(str(root), str(barrier), workers)
+        for future in [executor.submit(warm_up, request) for _ in range(workers)]:
+            future.result(timeout=WAIT_S)
+        list(executor.map(call, functions[:workers] * 2, timeout=WAIT_S))
+        started = time.perf_counter()
+        list(executor.map(call, functions, timeout=WAIT_S))
+        return (time.perf_counter() - started) * 1000
+    finally:
+        executor.shutdown(wait=False, kill_workers=True)
+        shutil.rmtree(barrier, ignore_errors=True)
+        sys.modules.pop(MODULE, None)
+        if str(root) in sys.path:
+            sys.path.remove(str(root))
+
+
+def _import_stages(root: Path, stages: int) -> list[Callable[[], object]]:
+    """The stage functions, importable by reference in loky workers too."""
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))  # loky workers start with this process's sys.path
+    spec = importlib.util.spec_from_file_location(MODULE, root / f"{MODULE}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[MODULE] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        REGISTRY.clear()
+    return [getattr(module, f"s{index:04d}") for index in range(stages)]
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    return (
+        f"dispatch of {result['stages']} trivial stages on {result['workers']} workers: "
+        f"supervisor {result['supervisor_ms']:.0f} ms, plain loky {result['loky_ms']:.0f} ms, "
+        f"ratio {result['ratio']:.2f} ({result['ok']} ok, {result['failed']} failed)"
+    )
