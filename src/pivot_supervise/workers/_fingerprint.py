@@ -1,0 +1,827 @@
+"""Code fingerprints of stages: what a stage's code is, as a digest that survives cosmetics.
+
+This runs in the worker that loaded the pipeline (the supervisor never imports user code)
+and hands back plain data.  A stage's code fingerprint covers the stage function and,
+transitively, every *project* function, class and module constant it reaches.  Code of the
+standard library and of installed packages is recorded by name only: its version is the
+environment's business, not the pipeline's.
+
+What counts, and what deliberately does not:
+
+- Bytecode, not source text.  Comments and blank lines never reach the bytecode.
+  ``co_firstlineno``, ``co_linetable`` and ``co_filename`` are left out, so moving a
+  function inside its file changes nothing.  Docstrings are left out without any
+  version-specific rule: a code object is serialised through the constants its
+  instructions *load*, and nothing ever loads a function's docstring (Python <= 3.13
+  keeps it as ``co_consts[0]``; 3.14 flags it with ``CO_HAS_DOCSTRING``, which is
+  masked).  Loading constants by reference also makes the constant indices irrelevant,
+  and those shift when a docstring is added.
+- No ``hash()`` and no ``id()`` in a digest.  A set literal compiles to a frozenset whose
+  iteration order depends on the hash seed; set elements are serialised and sorted, so
+  two workers with different seeds agree.  Dicts keep their insertion order (it is part
+  of their meaning); a dict *built by iterating a set* is seed-dependent in the user's
+  own program and cannot be rescued here.
+- Decorators: ``functools.wraps`` copies ``__qualname__`` and ``__module__`` onto the
+  wrapper, so a function is named after its *code* (``co_qualname``) and the module
+  whose globals it runs in; closure cells and ``__wrapped__`` are followed, so the
+  wrapped function is reached as a node of its own.
+- References followed: global names (``LOAD_GLOBAL`` in the code and in every nested
+  code object: lambdas, comprehensions, inner functions, class bodies), attributes of
+  project modules (``helpers.h1``: every attribute name the code loads is looked up in
+  the project modules it references), modules imported inside a function
+  (``IMPORT_NAME``, looked up in ``sys.modules``), default arguments, closure cells,
+  ``functools.partial``, bound methods, class dictionaries and base classes.  Attribute
+  lookups over-approximate (``obj.h1`` also finds ``helpers.h1`` if the function
+  references ``helpers``): a stage may re-run needlessly, never skip wrongly.
+- Blind spots: dynamic lookups (``getattr(module, "h" + x)``, ``globals()[name]``), code
+  reached only through a third-party callback registry, and data read but not declared.
+  The remedy is to declare it or run with ``--force``.
+
+Cost: each function, class and constant is hashed ONCE (its *own* digest, with the
+names of what it references folded in); a stage's digest is then the hash of the sorted
+``(name, own digest)`` pairs of everything it reaches.  Reachable sets are computed per
+strongly connected component (mutual recursion, methods that reference their class), so
+200 stages sharing 1,200 helpers cost one pass over the graph, not 200.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import dis
+import enum
+import functools
+import hashlib
+import importlib.util
+import json
+import re
+import sys
+import types
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from ._imports import is_project_file, project_module_files
+
+__all__ = ["StageFingerprint", "diff_parts", "fingerprint_stages", "params_digest"]
+
+
+@dataclass(frozen=True, slots=True)
+class StageFingerprint:
+    """The code fingerprint of one stage, as plain data.
+
+    ``code`` is a hex digest.  ``parts`` maps the name of every project function, class
+    and module constant the stage reaches (``"module:qualname"``; constants are
+    ``"module:NAME"``) to its own digest, so that ``explain`` can name what changed;
+    ``functions`` is the sorted tuple of those names.
+    """
+
+    code: str
+    functions: tuple[str, ...] = ()
+    parts: Mapping[str, str] = field(default_factory=dict[str, str], hash=False, compare=True)
+
+
+def diff_parts(
+    old: Mapping[str, str], new: Mapping[str, str]
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """``(changed, added, removed)`` names between two ``parts`` mappings, each sorted."""
+    changed = tuple(sorted(k for k in new.keys() & old.keys() if new[k] != old[k]))
+    added = tuple(sorted(new.keys() - old.keys()))
+    removed = tuple(sorted(old.keys() - new.keys()))
+    return changed, added, removed
+
+
+def params_digest(params: Mapping[str, Any] | None) -> str:
+    """A digest of a stage's params table that is the same in every process.
+
+    Canonical JSON: sorted keys, no whitespace; dates and times (TOML has them) become
+    tagged ISO strings, so a date never equals the string that spells it.  ``None`` (the
+    stage takes no params) and ``{}`` (it takes them, the table is empty) differ.
+    """
+    text = json.dumps(
+        params, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+        return {"$" + type(value).__name__: value.isoformat()}
+    if isinstance(value, set | frozenset):
+        items = cast("Iterable[object]", value)
+        return {"$set": sorted(json.dumps(v, sort_keys=True, default=_json_default) for v in items)}
+    if isinstance(value, tuple):
+        return list(cast("tuple[object, ...]", value))
+    raise TypeError(f"params value {value!r} of type {type(value).__name__} is not serialisable")
+
+
+def fingerprint_stages(
+    functions: Mapping[str, Callable[..., Any]], project_root: Path
+) -> dict[str, StageFingerprint]:
+    """Fingerprint every stage function of a loaded pipeline.
+
+    ``functions`` maps stage names to the functions the loader found; ``project_root``
+    decides what is project code (modules whose file is under it, outside any virtualenv
+    in it).  Call it right after the load, in the process that imported the pipeline.
+    """
+    graph = _Graph(project_root)
+    roots = {name: graph.root(name, func) for name, func in functions.items()}
+    graph.build()
+    reach = graph.reachable_sets()
+    result: dict[str, StageFingerprint] = {}
+    for name, index in roots.items():
+        result[name] = graph.stage_fingerprint(reach[index])
+    return result
+
+
+# ---------------------------------------------------------------------------- internals
+
+_EXTENDED_ARG = dis.opmap["EXTENDED_ARG"]
+_IMPORT_NAME = dis.opmap["IMPORT_NAME"]
+_HASCONST = frozenset(dis.hasconst)
+#: Python 3.14 marks a docstring with a flag instead of a constant slot.
+_CO_HAS_DOCSTRING = 0x4000000
+#: A repr that shows an address (``<Foo object at 0x7f...>``) differs in every process.
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+#: Class attributes that describe where a class was written, not what it does.
+_CLASS_NOISE = frozenset(
+    {
+        "__dict__",
+        "__weakref__",
+        "__doc__",
+        "__module__",
+        "__qualname__",
+        "__firstlineno__",
+        "__static_attributes__",
+        "_abc_impl",
+    }
+)
+_MISSING = object()
+_SCALARS = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
+
+
+def _blake(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+@dataclass(slots=True)
+class _Node:
+    label: str
+    kind: str
+    obj: object
+    module: str = ""
+    name: str = ""
+    digest: str = ""
+    edges: list[int] = dataclasses.field(default_factory=list[int])
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _CodeInfo:
+    digest: str
+    #: Names loaded as globals by this code object and the ones nested in it.
+    globals: frozenset[str]
+    #: Names loaded as attributes (or imported with ``from m import name``).
+    attrs: frozenset[str]
+    #: Module names passed to ``IMPORT_NAME`` anywhere in it.
+    imports: frozenset[str]
+
+
+class _Graph:
+    """Project objects as nodes; an edge means "references"."""
+
+    def __init__(self, project_root: Path) -> None:
+        self._root = project_root.resolve()
+        self._modules = project_module_files(self._root)
+        self.nodes: list[_Node] = []
+        self._by_id: dict[int, int] = {}
+        self._consts: dict[tuple[str, str], int] = {}
+        self._codes: dict[int, _CodeInfo] = {}
+        self._spec_cache: dict[str, str] = {}
+        self._pending: list[int] = []
+        #: Everything visited stays referenced until we are done, so no ``id`` is reused.
+        self._alive: list[object] = []
+
+    # ------------------------------------------------------------------ node creation
+
+    def root(self, stage: str, func: object) -> int:
+        if isinstance(func, types.FunctionType):
+            return self._function_node(func)
+        return self._node(f"<stage>:{stage}", "value", func, key=func)
+
+    def _node(self, label: str, kind: str, obj: object, *, key: object) -> int:
+        index = len(self.nodes)
+        self.nodes.append(_Node(label=label, kind=kind, obj=obj))
+        self._by_id[id(key)] = index
+        self._alive.append(key)
+        self._pending.append(index)
+        return index
+
+    def _is_project_module(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._modules
+
+    def _function_node(self, func: types.FunctionType) -> int:
+        index = self._by_id.get(id(func))
+        if index is not None:
+            return index
+        module = func.__globals__.get("__name__")
+        module = module if isinstance(module, str) else "?"
+        code_key = f"{module}:{func.__code__.co_qualname}"
+        shown = f"{getattr(func, '__module__', '?')}:{getattr(func, '__qualname__', '?')}"
+        # A ``functools.wraps`` wrapper claims the wrapped function's names; keep its own
+        # code name and show whom it wraps.
+        label = code_key if shown == code_key else f"{code_key}[{shown}]"
+        return self._node(label, "function", func, key=func)
+
+    def _class_node(self, cls: type) -> int:
+        index = self._by_id.get(id(cls))
+        if index is not None:
+            return index
+        return self._node(f"{cls.__module__}:{cls.__qualname__}", "class", cls, key=cls)
+
+    def _const_node(self, module: str, name: str, value: object) -> int:
+        index = self._consts.get((module, name))
+        if index is not None:
+            return index
+        index = len(self.nodes)
+        self.nodes.append(_Node(label=f"{module}:{name}", kind="const", obj=value))
+        self._consts[(module, name)] = index
+        self._alive.append(value)
+        self._pending.append(index)
+        return index
+
+    # ------------------------------------------------------------------ building
+
+    def build(self) -> None:
+        """Compute every pending node's own digest and edges (discovering new nodes)."""
+        while self._pending:
+            node = self.nodes[self._pending.pop()]
+            if node.done:
+                continue
+            node.done = True
+            edges: list[int] = []
+            if node.kind == "function":
+                text = self._function_text(cast("types.FunctionType", node.obj), edges)
+            elif node.kind == "class":
+                text = self._class_text(cast("type", node.obj), edges)
+            else:
+                out: list[str] = []
+                self._value(node.obj, out, edges, set())
+                text = "".join(out)
+            node.digest = _blake(f"{node.kind}\0{text}")
+            node.edges = sorted(set(edges))
+
+    def _function_text(self, func: types.FunctionType, edges: list[int]) -> str:
+        info = self._code(func.__code__)
+        out: list[str] = [info.digest, "|g"]
+        self._resolve_names(func.__globals__, info, out, edges)
+        if func.__defaults__:
+            out.append("|d")
+            self._value(func.__defaults__, out, edges, set())
+        if func.__kwdefaults__:
+            out.append("|k")
+            self._value(func.__kwdefaults__, out, edges, set())
+        if func.__closure__:
+            out.append("|c")
+            for cell in func.__closure__:
+                try:
+                    content = cell.cell_contents
+                except ValueError:
+                    out.append("<empty>,")
+                    continue
+                self._value(content, out, edges, set())
+                out.append(",")
+        wrapped = vars(func).get("__wrapped__", _MISSING)
+        if wrapped is not _MISSING:
+            out.append("|w")
+            self._value(wrapped, out, edges, set())
+        return "".join(out)
+
+    def _resolve_names(
+        self, namespace: Mapping[str, Any], info: _CodeInfo, out: list[str], edges: list[int]
+    ) -> None:
+        """Record what each referenced global name is bound to; follow project code."""
+        module_name = namespace.get("__name__")
+        module_name = module_name if isinstance(module_name, str) else "?"
+        modules: dict[str, types.ModuleType] = {}
+        for name in sorted(info.globals):
+            value = namespace.get(name, _MISSING)
+            if value is _MISSING:
+                continue
+            out.append(f"{name}=")
+            self._binding(module_name, name, value, out=out, edges=edges, modules=modules)
+        for imported in sorted(info.imports):
+            self._imported(imported, namespace, out, modules)
+        # ``helpers.h1`` and ``pkg.sub.f``: look the attribute names up in referenced
+        # project modules, and in the modules found that way, until nothing new turns up.
+        names = sorted(info.attrs)
+        seen: set[str] = set()
+        while True:
+            fresh = sorted(m for m in modules if m not in seen)
+            if not fresh:
+                break
+            for mod_name in fresh:
+                seen.add(mod_name)
+                mod_dict = vars(modules[mod_name])
+                for name in names:
+                    value = mod_dict.get(name, _MISSING)
+                    if value is _MISSING:
+                        continue
+                    out.append(f"{mod_name}.{name}=")
+                    self._binding(mod_name, name, value, out=out, edges=edges, modules=modules)
+
+    def _binding(
+        self,
+        module_name: str,
+        name: str,
+        value: object,
+        *,
+        out: list[str],
+        edges: list[int],
+        modules: dict[str, types.ModuleType],
+    ) -> None:
+        if isinstance(value, types.ModuleType):
+            out.append(f"<module {value.__name__}>;")
+            if self._is_project_module(value.__name__):
+                modules.setdefault(value.__name__, value)
+            return
+        if isinstance(value, types.FunctionType | type) or not self._is_project_module(module_name):
+            self._value(value, out, edges, set())
+            out.append(";")
+            return
+        # Any other value bound in a project module is a module constant: a node of its
+        # own, so that ``explain`` can say "helpers:THRESHOLD changed".
+        index = self._const_node(module_name, name, value)
+        edges.append(index)
+        out.append(f"<const {module_name}:{name}>;")
+
+    def _imported(
+        self,
+        imported: str,
+        namespace: Mapping[str, Any],
+        out: list[str],
+        modules: dict[str, types.ModuleType],
+    ) -> None:
+        """A module imported inside a function body (``import x`` / ``from . import y``).
+
+        The token depends on the name only, never on whether a library happens to be
+        imported already in this process: two workers must agree.
+        """
+        out.append(f"<import {imported}>;")
+        package = namespace.get("__package__")
+        candidates = [imported] if imported else []
+        if isinstance(package, str) and package:
+            candidates.append(f"{package}.{imported}" if imported else package)
+        found_any = False
+        for candidate in candidates:
+            parts = candidate.split(".")
+            for i in range(1, len(parts) + 1):
+                found = sys.modules.get(".".join(parts[:i]))
+                if isinstance(found, types.ModuleType) and self._is_project_module(found.__name__):
+                    modules.setdefault(found.__name__, found)
+            found_any = found_any or candidate in sys.modules
+        if found_any:
+            return
+        # Not imported yet (a deferred import that has not run).  If it is project code,
+        # fold in its source so that an edit is not missed: coarse, but never wrong.
+        for candidate in candidates:
+            digest = self._unimported_source(candidate)
+            if digest:
+                out.append(f"<source {candidate}:{digest}>;")
+
+    def _unimported_source(self, name: str) -> str:
+        cached = self._spec_cache.get(name)
+        if cached is not None:
+            return cached
+        digest = ""
+        parent = name.rpartition(".")[0]
+        if name and (not parent or parent in sys.modules):
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError, AttributeError):
+                spec = None
+            origin = spec.origin if spec is not None else None
+            if origin and is_project_file(Path(origin)):
+                try:
+                    digest = hashlib.sha256(Path(origin).read_bytes()).hexdigest()
+                except OSError:
+                    digest = "unreadable"
+        self._spec_cache[name] = digest
+        return digest
+
+    def _class_text(self, cls: type, edges: list[int]) -> str:
+        out: list[str] = ["bases("]
+        for base in cls.__bases__:
+            self._value(base, out, edges, set())
+            out.append(",")
+        out.append(")meta=")
+        self._value(type(cls), out, edges, set())
+        out.append("|")
+        namespace = vars(cls)
+        for name in sorted(namespace):
+            if name in _CLASS_NOISE:
+                continue
+            out.append(f"{name}=")
+            self._value(namespace[name], out, edges, set())
+            out.append(";")
+        return "".join(out)
+
+    # ------------------------------------------------------------------ values
+
+    def _value(self, value: object, out: list[str], edges: list[int], path: set[int]) -> None:
+        """Append a stable serialisation of ``value``; project code becomes an edge."""
+        if isinstance(value, _SCALARS):
+            out.append(repr(value))
+            return
+        if isinstance(value, types.FunctionType):
+            if self._is_project_module(value.__globals__.get("__name__")):
+                index = self._function_node(value)
+                edges.append(index)
+                out.append(f"<fn {self.nodes[index].label}>")
+            else:
+                out.append(f"<ext-fn {_qualified(value)}>")
+            return
+        if isinstance(value, type):
+            if self._is_project_module(value.__module__):
+                index = self._class_node(value)
+                edges.append(index)
+                out.append(f"<cls {self.nodes[index].label}>")
+            else:
+                out.append(f"<ext-cls {_qualified(value)}>")
+            return
+        if isinstance(value, types.ModuleType):
+            out.append(f"<module {value.__name__}>")
+            return
+        if isinstance(value, types.CodeType):
+            out.append(f"<code {self._code(value).digest}>")
+            return
+        if isinstance(value, types.BuiltinFunctionType | types.BuiltinMethodType):
+            out.append(f"<builtin {_qualified(value)}>")
+            return
+        if id(value) in path:
+            out.append("<cycle>")
+            return
+        path.add(id(value))
+        try:
+            self._container(value, out, edges, path)
+        except RecursionError:
+            out.append(f"<deep {_qualified(type(value))}>")
+        finally:
+            path.discard(id(value))
+
+    def _container(self, value: object, out: list[str], edges: list[int], path: set[int]) -> None:
+        kind: type = type(value)
+        if isinstance(value, tuple | list):
+            out.append("(" if isinstance(value, tuple) else "[")
+            if kind not in (tuple, list):
+                out.append(f"<{_qualified(kind)}>")
+            for item in cast("Iterable[object]", value):
+                self._value(item, out, edges, path)
+                out.append(",")
+            out.append(")")
+        elif isinstance(value, dict):
+            out.append("{")
+            for key, item in cast("dict[object, object]", value).items():
+                self._value(key, out, edges, path)
+                out.append(":")
+                self._value(item, out, edges, path)
+                out.append(",")
+            out.append("}")
+        elif isinstance(value, set | frozenset):
+            # The iteration order of a set depends on the hash seed: sort the elements'
+            # serialisations instead.
+            items: list[str] = []
+            for item in cast("Iterable[object]", value):
+                one: list[str] = []
+                self._value(item, one, edges, path)
+                items.append("".join(one))
+            items.sort()
+            out.append("set{" if isinstance(value, set) else "frozenset{")
+            out.append(",".join(items))
+            out.append("}")
+        else:
+            self._wrapper(value, kind, out, edges, path)
+
+    def _wrapper(
+        self, value: object, kind: type, out: list[str], edges: list[int], path: set[int]
+    ) -> None:
+        """Callables that wrap other callables, enum members, and everything else."""
+        if isinstance(value, functools.partial):
+            partial = cast("functools.partial[object]", value)
+            out.append("<partial ")
+            self._value(partial.func, out, edges, path)
+            self._value(partial.args, out, edges, path)
+            self._value(partial.keywords, out, edges, path)
+            out.append(">")
+        elif isinstance(value, staticmethod | classmethod):
+            out.append(f"<{kind.__name__} ")
+            self._value(cast("Any", value).__func__, out, edges, path)
+            out.append(">")
+        elif isinstance(value, property):
+            out.append("<property ")
+            for accessor in (value.fget, value.fset, value.fdel):
+                self._value(accessor, out, edges, path)
+                out.append(",")
+            out.append(">")
+        elif isinstance(value, types.MethodType):
+            out.append("<method ")
+            self._value(value.__func__, out, edges, path)
+            self._value(value.__self__, out, edges, path)
+            out.append(">")
+        elif isinstance(value, enum.Enum):
+            out.append("<enum ")
+            self._value(type(value), out, edges, path)
+            out.append(f".{value.name}>")
+        else:
+            self._object(value, out, edges, path)
+
+    def _object(self, value: object, out: list[str], edges: list[int], path: set[int]) -> None:
+        cls = type(value)
+        attrs = getattr(value, "__dict__", None)
+        if isinstance(attrs, dict):
+            attrs = cast("dict[str, object]", attrs)
+            wrapped = attrs.get("__wrapped__", _MISSING)
+            if wrapped is not _MISSING:  # functools.lru_cache and friends
+                out.append(f"<wrapper {_qualified(cls)} ")
+                self._value(wrapped, out, edges, path)
+                out.append(">")
+                return
+            if self._is_project_module(cls.__module__):
+                out.append("<obj ")
+                self._value(cls, out, edges, path)
+                for name in sorted(attrs):
+                    out.append(f" {name}=")
+                    self._value(attrs[name], out, edges, path)
+                out.append(">")
+                return
+        try:
+            shown = repr(value)
+        except Exception:
+            shown = ""
+        if _ADDRESS.search(shown):
+            shown = ""
+        out.append(f"<{_qualified(cls)} {shown}>")
+
+    # ------------------------------------------------------------------ code objects
+
+    def _code(self, code: types.CodeType) -> _CodeInfo:
+        info = self._codes.get(id(code))
+        if info is not None:
+            return info
+        normalised, order, loaded, remap = _scan(code)
+        global_names, attrs, imports = loaded
+        # Only the constants the instructions load, in the order they are first loaded:
+        # that drops a docstring (never loaded) and the index shift it causes.
+        consts = code.co_consts
+        used = sorted(order, key=order.__getitem__) if remap else range(len(consts))
+        digest = hashlib.blake2b(digest_size=16)
+        header = (
+            code.co_name,
+            code.co_argcount,
+            code.co_posonlyargcount,
+            code.co_kwonlyargcount,
+            code.co_flags & ~_CO_HAS_DOCSTRING,
+            code.co_names,
+            code.co_varnames,
+            code.co_freevars,
+            code.co_cellvars,
+            len(normalised),
+            len(code.co_exceptiontable),
+        )
+        digest.update(repr(header).encode("utf-8", "surrogatepass"))
+        digest.update(normalised)
+        digest.update(code.co_exceptiontable)
+        out: list[str] = []
+        dummy_edges: list[int] = []
+        for index in used:
+            if index >= len(consts):
+                continue
+            const = consts[index]
+            if isinstance(const, types.CodeType):
+                nested = self._code(const)
+                global_names |= nested.globals
+                attrs |= nested.attrs
+                imports |= nested.imports
+                out.append(f"<code {nested.digest}>")
+            else:
+                self._value(const, out, dummy_edges, set())
+            out.append(",")
+        digest.update("".join(out).encode("utf-8", "surrogatepass"))
+        info = _CodeInfo(
+            digest.hexdigest(), frozenset(global_names), frozenset(attrs), frozenset(imports)
+        )
+        self._codes[id(code)] = info
+        self._alive.append(code)
+        return info
+
+    # ------------------------------------------------------------------ reachability
+
+    def reachable_sets(self) -> list[frozenset[int]]:
+        """For every node, the set of nodes it reaches (itself included).
+
+        Tarjan's algorithm, iteratively: it emits strongly connected components after
+        all the components they reach, so each component's set is its members plus the
+        already computed sets of its successors.
+        """
+        count = len(self.nodes)
+        index_of = [-1] * count
+        low = [0] * count
+        on_stack = [False] * count
+        stack: list[int] = []
+        reach: list[frozenset[int]] = [frozenset()] * count
+        counter = 0
+        for start in range(count):
+            if index_of[start] != -1:
+                continue
+            work: list[tuple[int, int]] = [(start, 0)]
+            while work:
+                node, child = work[-1]
+                if child == 0:
+                    index_of[node] = low[node] = counter
+                    counter += 1
+                    stack.append(node)
+                    on_stack[node] = True
+                edges = self.nodes[node].edges
+                if child < len(edges):
+                    work[-1] = (node, child + 1)
+                    target = edges[child]
+                    if index_of[target] == -1:
+                        work.append((target, 0))
+                    elif on_stack[target]:
+                        low[node] = min(low[node], index_of[target])
+                    continue
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                if low[node] == index_of[node]:
+                    members: list[int] = []
+                    while True:
+                        member = stack.pop()
+                        on_stack[member] = False
+                        members.append(member)
+                        if member == node:
+                            break
+                    combined = set(members)
+                    for member in members:
+                        for target in self.nodes[member].edges:
+                            if not on_stack[target] and target not in combined:
+                                combined |= reach[target]
+                    frozen = frozenset(combined)
+                    for member in members:
+                        reach[member] = frozen
+        return reach
+
+    def stage_fingerprint(self, reachable: frozenset[int]) -> StageFingerprint:
+        nodes = self.nodes
+        pairs = sorted({(nodes[i].label, nodes[i].digest) for i in reachable})
+        labels = [label for label, _ in pairs]
+        if len(set(labels)) != len(labels):
+            # Two lambdas of one module, say: tell them apart by content.
+            repeated = {label for label in labels if labels.count(label) > 1}
+            pairs = sorted(
+                (f"{label}#{digest[:12]}" if label in repeated else label, digest)
+                for label, digest in pairs
+            )
+        parts = dict(pairs)
+        code = _blake("".join(f"{name}\0{digest}\n" for name, digest in pairs))
+        return StageFingerprint(code=code, functions=tuple(parts), parts=parts)
+
+
+def _name_ops() -> tuple[dict[int, int], dict[int, int]]:
+    """Opcodes that load a name from ``co_names``, with how far their argument is shifted.
+
+    Global loads and attribute loads, separately.  The encodings are CPython's (3.11:
+    ``LOAD_GLOBAL`` carries a flag bit; 3.12 added one to ``LOAD_ATTR`` and two to
+    ``LOAD_SUPER_ATTR``).  For a version this was not checked against, every opcode
+    with a name argument counts as both kinds: coarser, never blind.
+    """
+    opmap = dis.opmap
+    if sys.version_info >= (3, 15):  # pragma: no cover - unknown encodings
+        every = {op: 0 for op in dis.hasname}
+        return every, every
+    attr_shift = 0 if sys.version_info < (3, 12) else 1
+    globals_ = {"LOAD_GLOBAL": 1, "LOAD_NAME": 0, "LOAD_FROM_DICT_OR_GLOBALS": 0}
+    attrs = {"LOAD_ATTR": attr_shift, "LOAD_METHOD": 0, "LOAD_SUPER_ATTR": 2, "IMPORT_FROM": 0}
+    return (
+        {opmap[name]: shift for name, shift in globals_.items() if name in opmap},
+        {opmap[name]: shift for name, shift in attrs.items() if name in opmap},
+    )
+
+
+_GLOBAL_OPS, _ATTR_OPS = _name_ops()
+
+
+def _table(ops: Iterable[int]) -> bytes:
+    """A ``bytes.translate`` table mapping ``ops`` to 1 and every other opcode to 0."""
+    table = bytearray(256)
+    for op in ops:
+        if op < 256:  # pseudo-instructions never appear in co_code
+            table[op] = 1
+    return bytes(table)
+
+
+_CONST_TABLE = _table(_HASCONST)
+_MARKED = re.compile(rb"[^\x00]")
+#: Every 16-bit code unit (opcode and argument) that loads a name, to pick the distinct
+#: name loads of a code object out of ``set(units)`` in C.
+_NAME_OPS = frozenset(_GLOBAL_OPS) | frozenset(_ATTR_OPS) | {_IMPORT_NAME}
+_NAME_UNITS = frozenset(
+    (op | arg << 8) if sys.byteorder == "little" else (op << 8 | arg)
+    for op in _NAME_OPS
+    if op < 256
+    for arg in range(256)
+)
+
+#: (global names, attribute names, imported module names) loaded by one code object.
+_Loaded = tuple[set[str], set[str], set[str]]
+
+
+def _scan(code: types.CodeType) -> tuple[bytearray, dict[int, int], _Loaded, bool]:
+    """Renumber loaded constants and collect the names a code object loads.
+
+    Returns the bytecode with each constant index replaced by the order in which the
+    constant is first loaded (unless there are too many constants to fit one byte),
+    that order, and the names loaded as globals, as attributes, and by ``IMPORT_NAME``.
+
+    Most code units are inline caches and opcodes of no interest here, so the work is
+    pushed into C: constant loads are found with ``bytes.translate``, and the distinct
+    name loads with a set intersection over the 16-bit code units.
+    """
+    raw = code.co_code
+    ops = raw[::2]
+    if _EXTENDED_ARG in ops:
+        return _scan_slowly(code)
+    args = raw[1::2]
+    remap = len(code.co_consts) <= 256
+    normalised = bytearray(raw)
+    order: dict[int, int] = {}
+    for match in _MARKED.finditer(ops.translate(_CONST_TABLE)):
+        j = match.start()
+        arg = args[j]
+        slot = order.get(arg)
+        if slot is None:
+            slot = order[arg] = len(order)
+        if remap:
+            normalised[2 * j + 1] = slot
+    global_names: set[str] = set()
+    attrs: set[str] = set()
+    imports: set[str] = set()
+    co_names = code.co_names
+    count = len(co_names)
+    little = sys.byteorder == "little"
+    for unit in _NAME_UNITS.intersection(memoryview(raw).cast("H")):
+        op, arg = (unit & 0xFF, unit >> 8) if little else (unit >> 8, unit & 0xFF)
+        shift = _GLOBAL_OPS.get(op)
+        if shift is not None and arg >> shift < count:
+            global_names.add(co_names[arg >> shift])
+        shift = _ATTR_OPS.get(op)
+        if shift is not None and arg >> shift < count:
+            attrs.add(co_names[arg >> shift])
+        if op == _IMPORT_NAME and arg < count:
+            imports.add(co_names[arg])
+    return normalised, order, (global_names, attrs, imports), remap
+
+
+def _scan_slowly(code: types.CodeType) -> tuple[bytearray, dict[int, int], _Loaded, bool]:
+    """:func:`_scan` for code with ``EXTENDED_ARG`` (arguments over 255): every unit."""
+    raw = code.co_code
+    remap = len(code.co_consts) <= 256
+    normalised = bytearray(raw)
+    order: dict[int, int] = {}
+    global_names: set[str] = set()
+    attrs: set[str] = set()
+    imports: set[str] = set()
+    co_names = code.co_names
+    count = len(co_names)
+    ext = 0
+    for i in range(0, len(raw), 2):
+        op = raw[i]
+        arg = raw[i + 1] | ext
+        if op == _EXTENDED_ARG:
+            ext = arg << 8
+            continue
+        ext = 0
+        if op in _HASCONST:
+            slot = order.get(arg)
+            if slot is None:
+                slot = order[arg] = len(order)
+            if remap:
+                normalised[i + 1] = slot
+            continue
+        shift = _GLOBAL_OPS.get(op)
+        if shift is not None and arg >> shift < count:
+            global_names.add(co_names[arg >> shift])
+        shift = _ATTR_OPS.get(op)
+        if shift is not None and arg >> shift < count:
+            attrs.add(co_names[arg >> shift])
+        if op == _IMPORT_NAME and arg < count:
+            imports.add(co_names[arg])
+    return normalised, order, (global_names, attrs, imports), remap
+
+
+def _qualified(obj: object) -> str:
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    return f"{module}:{qualname}"

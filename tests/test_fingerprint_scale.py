@@ -1,0 +1,34 @@
+"""Fingerprinting a large pipeline: 200 stages over 1,200 helper functions.
+
+Correctness only (the cost is measured by ``benchmarks/fingerprint_cost.py``): every
+stage reaches exactly the helpers and module constants it calls, transitively, across
+modules and through mutual recursion, and nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from pivot_supervise.workers._fingerprint import fingerprint_stages
+from pivot_supervise.workers._loader import load_pipeline
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "fingerprint_cost.py"
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location("fingerprint_cost_benchmark", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.make_project
+
+
+def test_two_hundred_stages_reach_exactly_their_helpers(tmp_path: Path) -> None:
+    expected = load_generator()(tmp_path, stages=200, functions=1200)
+    loaded = load_pipeline(tmp_path, "pipeline.py", "params.toml")
+    fingerprints = fingerprint_stages(loaded.functions, tmp_path)
+    assert {name: set(fp.functions) for name, fp in fingerprints.items()} == expected
+    assert len({fp.code for fp in fingerprints.values()}) == 200
