@@ -65,8 +65,17 @@ def pids(generation: int, count: int) -> tuple[int, ...]:
 class Harness:
     """Plays the trio shell: answers StartGeneration and RunStage by hand."""
 
-    def __init__(self, options: RunOptions, *, cpu_count: int = 8, watch: bool = True) -> None:
-        self.core = SupervisorCore(cpu_count=cpu_count, watch=watch)
+    def __init__(
+        self,
+        options: RunOptions,
+        *,
+        cpu_count: int = 8,
+        watch: bool = True,
+        stages_per_worker: int = 1,
+    ) -> None:
+        self.core = SupervisorCore(
+            cpu_count=cpu_count, watch=watch, stages_per_worker=stages_per_worker
+        )
         self.options = options
         self.log: list[Action] = []
 
@@ -210,7 +219,7 @@ def test_failed_reload_does_not_restart():
 def test_first_run_executes_stages_in_dependency_order():
     h = Harness(RunOptions(parallel=True, max_workers=1), cpu_count=1)
     actions = h.up()
-    assert [e.event.get("stage") for e in events(actions, "stage_started")] == [
+    assert [r.stage for r in run_actions(actions)] == [
         "clean",
         "train",
         "report",
@@ -403,7 +412,7 @@ def test_targets_run_with_the_stages_they_need_only():
     )
     actions = h.load(start)
     done = h.drain(actions)
-    started = [e.event.get("stage") for e in events(actions + done, "stage_started")]
+    started = [r.stage for r in run_actions(actions + done)]
     assert started == ["clean", "train"]
 
 
@@ -452,3 +461,82 @@ def test_a_generation_of_the_wrong_size_is_rebuilt_before_promotion():
     rebuilt = h.started_gen(actions)
     assert rebuilt.workers == 1
     assert any(isinstance(a, Promote) for a in h.load(rebuilt, small))
+
+
+def test_two_stages_per_worker_are_in_flight_by_default_so_workers_never_idle():
+    wide = build_snapshot([StageSpec(f"s{i}", "pipeline", outs=(f"o{i}",)) for i in range(10)])
+    h = Harness(RunOptions(parallel=True, max_workers=2), cpu_count=2, stages_per_worker=2)
+    start = h.started_gen(h.start())
+    first = run_actions(h.load(start, wide))
+    assert len(first) == 4
+    # Each finish frees exactly one slot.
+    assert len(run_actions(h.finish(first[0]))) == 1
+
+
+def test_a_wide_pipeline_runs_every_stage_exactly_once():
+    count = 300
+    wide = build_snapshot(
+        [StageSpec(f"s{i}", "pipeline", outs=(f"o{i}",)) for i in range(count)]
+        + [StageSpec("join", "pipeline", deps=tuple(f"o{i}" for i in range(count)))]
+    )
+    h = Harness(RunOptions(parallel=True, max_workers=2), cpu_count=2, stages_per_worker=2)
+    start = h.started_gen(h.start())
+    actions = h.load(start, wide)
+    done = h.drain(actions)
+    started = [r.stage for r in run_actions(actions + done)]
+    assert sorted(started) == sorted([*(f"s{i}" for i in range(count)), "join"])
+    assert started[-1] == "join"
+
+
+def test_an_up_to_date_stage_is_reported_skipped_and_its_downstream_still_proceeds():
+    h = Harness(RunOptions(parallel=True, max_workers=1), cpu_count=1)
+    start = h.started_gen(h.start())
+    clean = run_actions(h.load(start))[0]
+    after = h.finish(clean, "skipped")
+    finished = events(after, "stage_finished")[0].event
+    assert (finished.get("status"), finished.get("stage")) == ("skipped", "clean")
+    assert [r.stage for r in run_actions(after)] == ["train"]
+
+
+def test_force_on_the_first_request_reaches_every_stage_of_the_first_run_only():
+    h = Harness(RunOptions(parallel=True, max_workers=1), cpu_count=1)
+    actions = h.feed(RunRequested(None, RunOptions(parallel=True, max_workers=1), force=True))
+    loaded = h.load(h.started_gen(actions))
+    first = run_actions(loaded) + run_actions(h.drain(loaded))
+    assert first and all(r.force for r in first)
+    later = h.feed(FilesChanged((FileChange("data/raw.csv", False, (4, 4, 4)),)))
+    assert [r.force for r in run_actions(later)] == [False]
+
+
+def test_force_can_name_single_stages():
+    h = Harness(RunOptions(parallel=True, max_workers=1), cpu_count=1)
+    h.up()
+    actions = h.feed(RunRequested(("train",), force=frozenset({"train"})))
+    queued = run_actions(actions) + run_actions(h.drain(actions))
+    assert [(r.stage, r.force) for r in queued] == [("clean", False), ("train", True)]
+
+
+def test_every_generation_started_ends_ready_failed_or_discarded():
+    small = build_snapshot([StageSpec("only", "pipeline", outs=("x",))])
+    h = Harness(RunOptions(parallel=True, max_workers=4), cpu_count=8)
+    first = h.started_gen(h.start())
+    resized = h.load(first, small)
+    discarded = events(resized, "generation_discarded")[0].event
+    assert discarded.get("generation") == first.generation
+    assert "resized" in discarded.get("reason")
+    h.load(h.started_gen(resized), small)
+    burst = h.started_gen(h.feed(FilesChanged((FileChange("a.py", True),))))
+    h.feed(FilesChanged((FileChange("b.py", True),)))
+    superseded = h.feed(GenerationFailed(burst.generation, "SyntaxError"))
+    assert events(superseded, "generation_discarded")[0].event.get("generation") == burst.generation
+    assert not events(superseded, "reload_failed")
+
+
+def test_forcing_an_unknown_stage_is_an_error_naming_it():
+    h = Harness(RunOptions(parallel=True, max_workers=2), watch=False)
+    request = RunRequested(
+        None, RunOptions(parallel=True, max_workers=2), force=frozenset({"trian"})
+    )
+    actions = h.load(h.started_gen(h.feed(request)))
+    assert "'trian'" in events(actions, "error")[0].event.get("message")
+    assert isinstance(only(actions, Exit), Exit)

@@ -1,7 +1,9 @@
 """The ``pivot-supervise`` command line.
 
 One module per command family, each registering its sub-commands on the shared parser:
-``run``/``watch`` (:mod:`._session`), ``stages`` (:mod:`._stages`), ``demo``.  A bad flag
+``run``/``watch`` (:mod:`._session`), ``events``/``status``/``trigger``/``restart`` (the
+live API's client, :mod:`._client`), ``stages`` (:mod:`._stages`), ``demo``, ``bench``
+(:mod:`._bench`).  A bad flag
 or configuration value is one line on stderr and exit code 2.
 """
 
@@ -12,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from ..supervisor._config import ConfigError
-from . import _demo, _session, _stages
+from . import _bench, _client, _demo, _incremental, _session, _stages
 from ._common import EXIT_USAGE, Parser
 
 DESCRIPTION = """\
@@ -31,11 +33,14 @@ examples:
   pivot-supervise watch                  run every stage, then watch the project
   pivot-supervise run train --json       run `train` and what it needs; JSON events
   pivot-supervise stages                 list the stages in execution order
+  pivot-supervise events                 follow the events of a running `watch`
+  pivot-supervise trigger train          ask a running `watch` to run `train` now
   pivot-supervise demo                   a narrated tour on a bundled example
+  pivot-supervise bench restart --plot r.png   restart cost against stage count
 """
 
 #: Command modules, in the order their commands appear in --help.
-COMMAND_MODULES = (_session, _stages, _demo)
+COMMAND_MODULES = (_session, _client, _stages, _incremental, _demo, _bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,3 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pivot-supervise {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if "loky" in sys.modules:
+            # Worker pools are gone by now; stop the trackers loky started for them.
+            from ..supervisor.backends import release_process_resources
+
+            release_process_resources()

@@ -5,18 +5,34 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import cast
 
 import trio
 
 from ..supervisor._core import ON_ERROR_CHOICES, RunOptions
 from ..supervisor._events import Event
+from ..supervisor._server import DEFAULT_HOST, ApiServer, is_loopback_host
+from ..supervisor._server_file import ServerFileError, ServerInfo, live_server
 from ..supervisor._sinks import drain, human_lines, json_line
-from ..supervisor._supervisor import Supervisor
+from ..supervisor._supervisor import Service, Supervisor
 from ._common import Commands, add_logging, add_project, bounded_int, setup
+
+#: What ``--force`` without a stage name stands for: every stage of the first run.
+FORCE_ALL = "*"
 
 
 def add_session_flags(parser: argparse.ArgumentParser) -> None:
     add_project(parser)
+    parser.add_argument(
+        "--force",
+        nargs="?",
+        const=FORCE_ALL,
+        action="append",
+        metavar="STAGE",
+        help="run stages even if they are up to date: every stage with a bare --force, or "
+        "the named one (repeatable: --force a --force b); in watch, the first run only",
+    )
     parser.add_argument(
         "stages",
         nargs="*",
@@ -34,6 +50,13 @@ def add_session_flags(parser: argparse.ArgumentParser) -> None:
         "--no-parallel",
         action="store_true",
         help="run stages one at a time inside the supervisor process, with no worker pool",
+    )
+    parser.add_argument(
+        "--standby",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the next generation's workers started and idle ahead of time, so a "
+        "code change restarts at once (costs one idle pool's memory; default: on)",
     )
     parser.add_argument(
         "--on-error",
@@ -80,6 +103,22 @@ def register(commands: Commands) -> None:
         metavar="MS",
         help="group changes arriving within MS milliseconds (default: config, else 50)",
     )
+    watch.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address the live API listens on (default: {DEFAULT_HOST}; anything else "
+        "exposes it beyond this machine, guarded only by the token)",
+    )
+    watch.add_argument(
+        "--port",
+        type=bounded_int(0, 65535, "a port"),
+        default=0,
+        metavar="PORT",
+        help="port of the live API (default: 0, a free port; see .pivot-supervise/server.json)",
+    )
+    watch.add_argument(
+        "--no-server", action="store_true", help="do not serve the live API (WebSocket)"
+    )
     watch.set_defaults(handler=_watch)
 
 
@@ -98,14 +137,85 @@ def run_session(args: argparse.Namespace, *, watch: bool) -> int:
         max_workers=config.max_workers,
         on_error=args.on_error,
     )
-    supervisor = Supervisor(config, options, targets=tuple(args.stages) or None, watch=watch)
+    services: list[Service] = []
+    if watch and not args.no_server:
+        refusal = _api_refusal(config.project_root, args.host)
+        if refusal is not None:
+            print(f"pivot-supervise watch: error: {refusal}", file=sys.stderr)
+            return 1
+        services.append(ApiServer(args.host, args.port, on_ready=_announce_api))
+    supervisor = Supervisor(
+        config,
+        options,
+        targets=tuple(args.stages) or None,
+        watch=watch,
+        services=services,
+        standby=args.standby,
+        force=_force(args.force),
+    )
     render: Callable[[Event], list[str]]
     if args.json:
         render = _as_json_lines
     else:
         show_output: bool = args.show_output
         render = lambda event: human_lines(event, show_output=show_output)  # noqa: E731
-    return run_with_sink(supervisor, render)
+    try:
+        return run_with_sink(supervisor, render)
+    except (ServerFileError, BaseExceptionGroup) as exc:
+        # Lost a race with another supervisor starting on the same project.
+        found = _first(exc, ServerFileError)
+        if found is None:
+            raise
+        print(f"pivot-supervise watch: error: {found}", file=sys.stderr)
+        return 1
+
+
+def _force(values: list[str] | None) -> bool | frozenset[str]:
+    if not values:
+        return False
+    if FORCE_ALL in values:
+        return True
+    return frozenset(values)
+
+
+def _first(exc: BaseException, kind: type[Exception]) -> BaseException | None:
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, _ = cast("BaseExceptionGroup[BaseException]", exc).split(kind)
+        if matched is not None:
+            return _first(matched.exceptions[0], kind)
+    return None
+
+
+def _api_refusal(project_root: Path, host: str) -> str | None:
+    """Why the live API cannot start here (another supervisor runs), or ``None``;
+    warns on stderr about a host other machines can reach."""
+    try:
+        running = live_server(project_root)
+    except ServerFileError as exc:
+        return str(exc)
+    if running is not None:
+        return (
+            f"another supervisor (pid {running.pid}) is already running for {project_root} "
+            f"({running.url}); stop it first, or use `pivot-supervise events`, `status`, "
+            "`trigger` or `restart` to work with it"
+        )
+    if not is_loopback_host(host):
+        print(
+            f"pivot-supervise watch: warning: the live API listens on {host}, reachable from "
+            "other machines; only the token guards it, and it travels unencrypted (no TLS)",
+            file=sys.stderr,
+        )
+    return None
+
+
+def _announce_api(info: ServerInfo) -> None:
+    print(
+        f"pivot-supervise: live API on {info.url} (token in .pivot-supervise/server.json)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def run_with_sink(supervisor: Supervisor, render: Callable[[Event], list[str]]) -> int:

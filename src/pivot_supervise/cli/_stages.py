@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from ..pipeline._model import PipelineSnapshot
+from ..supervisor._config import Config
 from ..supervisor._core import GenerationFailed, RunOptions
 from ..supervisor._supervisor import make_backend
 from ._common import Commands, add_logging, add_project, setup
@@ -32,9 +33,9 @@ def register(commands: Commands) -> None:
     stages.set_defaults(handler=_stages)
 
 
-def _stages(args: argparse.Namespace) -> int:
-    config = setup(args)
-    backend = make_backend(config, RunOptions(parallel=not args.no_parallel, max_workers=1))
+def load_snapshot(config: Config, *, parallel: bool) -> PipelineSnapshot | GenerationFailed:
+    """Load the pipeline once, in one fresh worker (or in-process), and shut down."""
+    backend = make_backend(config, RunOptions(parallel=parallel, max_workers=1))
 
     async def load() -> PipelineSnapshot | GenerationFailed:
         try:
@@ -44,12 +45,21 @@ def _stages(args: argparse.Namespace) -> int:
                 await backend.aclose()
         return result if isinstance(result, GenerationFailed) else result.snapshot
 
-    result = trio.run(load)
+    return trio.run(load)
+
+
+def report_load_failure(command: str, failure: GenerationFailed) -> int:
+    print(f"pivot-supervise {command}: the pipeline did not load: {failure.error}", file=sys.stderr)
+    if failure.traceback:
+        print(failure.traceback.rstrip(), file=sys.stderr)
+    return 1
+
+
+def _stages(args: argparse.Namespace) -> int:
+    config = setup(args)
+    result = load_snapshot(config, parallel=not args.no_parallel)
     if isinstance(result, GenerationFailed):
-        print(f"pivot-supervise stages: the pipeline did not load: {result.error}", file=sys.stderr)
-        if result.traceback:
-            print(result.traceback.rstrip(), file=sys.stderr)
-        return 1
+        return report_load_failure("stages", result)
     if args.json:
         print(json.dumps(stages_document(result), default=str))
         return 0

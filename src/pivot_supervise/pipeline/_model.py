@@ -23,7 +23,8 @@ class StageSpec:
 
     ``deps`` and ``outs`` are POSIX paths relative to the project root.  ``params`` is
     the stage's table of the params file, or ``None`` when the stage function takes no
-    ``params`` argument.
+    ``params`` argument.  The fingerprints are computed in the worker that imported the
+    stage, so the supervisor can tell what changed without importing user code.
     """
 
     name: str
@@ -31,6 +32,12 @@ class StageSpec:
     deps: tuple[str, ...] = ()
     outs: tuple[str, ...] = ()
     params: Mapping[str, Any] | None = None
+    #: Digest of the stage's code and every project function, class and constant it
+    #: reaches; ``code_parts`` names each of those with its own digest.  Empty when the
+    #: pipeline was loaded without fingerprinting.
+    code_fingerprint: str = ""
+    code_parts: Mapping[str, str] = field(default_factory=dict[str, str])
+    params_digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +80,8 @@ class PipelineSnapshot:
 class StageOutcome:
     """What a worker reports after running one stage.
 
-    ``status`` is ``"ok"`` or ``"failed"``; cancellation is decided by the supervisor,
+    ``status`` is ``"ok"``, ``"failed"``, or ``"skipped"`` when the supervisor found the
+    stage up to date and did not run it; cancellation is decided by the supervisor,
     never by the worker.  ``out_signatures`` holds the stat signature of every output
     file (files under a directory output included) taken right after the stage
     returned, so that the supervisor can tell its own writes from a user's edit.
@@ -85,6 +93,8 @@ class StageOutcome:
     status: str
     duration_ms: float
     error: str | None = None
+    #: Why the stage ran, or (status ``skipped``) why it did not: "unchanged", ...
+    reason: str | None = None
     traceback: str | None = None
     output: str = ""
     out_signatures: Mapping[str, FileSignature] = field(default_factory=dict[str, FileSignature])

@@ -22,6 +22,7 @@ Invariants kept by this module (see DESIGN.md):
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Any, Literal
 
 from ..pipeline._dag import PipelineGraph
 from ..pipeline._errors import PipelineError
-from ..pipeline._model import FileSignature, PipelineSnapshot, StageOutcome
+from ..pipeline._model import FileSignature, PipelineSnapshot, StageOutcome, StageSpec
 from ._events import Event
 
 OnError = Literal["fail", "keep-going"]
@@ -64,6 +65,8 @@ class RunRequested:
     options: RunOptions | None = None
     on_error: OnError | None = None
     trigger: str = "request"
+    #: Run these stages even if up to date: ``True`` for every stage of the request.
+    force: bool | frozenset[str] = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,12 +184,19 @@ class Retire:
 
 @dataclass(frozen=True, slots=True)
 class RunStage:
-    """Run ``stage`` on ``generation``; answer with :class:`StageFinished` for ``attempt``."""
+    """Run ``stage`` on ``generation``; answer with :class:`StageFinished` for ``attempt``.
+
+    The shell may find the stage up to date and answer with a ``skipped`` outcome
+    without running it, unless ``force``.  ``spec`` is the stage as the active
+    generation loaded it (its params and fingerprints are what the run must use).
+    """
 
     attempt: int
     generation: int
     stage: str
-    params: Any
+    spec: StageSpec
+    force: bool = False
+    run_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,11 +251,24 @@ class _Run:
     ok: set[str] = field(default_factory=set[str])
     failed: set[str] = field(default_factory=set[str])
     skipped: set[str] = field(default_factory=set[str])
+    unchanged: set[str] = field(default_factory=set[str])
     cancelled: set[str] = field(default_factory=set[str])
     stopped: bool = False
+    #: Stages to run even if they are up to date.
+    forced: set[str] = field(default_factory=set[str])
+    #: Candidates for dispatch, as a heap of (topological index, name).  Entries are
+    #: checked when popped, so a stale one costs a pop, never a wrong dispatch.
+    ready: list[tuple[int, str]] = field(default_factory=list[tuple[int, str]])
+    in_ready: set[str] = field(default_factory=set[str])
 
     def outstanding(self) -> set[str]:
         return self.pending | set(self.running)
+
+    def is_outstanding(self, name: str) -> bool:
+        return name in self.pending or name in self.running
+
+    def finished(self) -> set[str]:
+        return self.ok | self.failed | self.skipped | self.unchanged | self.cancelled
 
 
 class SupervisorCore:
@@ -253,12 +276,14 @@ class SupervisorCore:
 
     ``cpu_count`` caps the pool size (the shell passes ``loky.cpu_count()``).  ``watch``
     says whether the session keeps supervising after the first run (``watch``) or ends
-    with an :class:`Exit` action (``run``).
+    with an :class:`Exit` action (``run``).  ``stages_per_worker`` is how many stages
+    may be in flight per worker (queued in the pool beyond the one running).
     """
 
-    def __init__(self, *, cpu_count: int, watch: bool) -> None:
+    def __init__(self, *, cpu_count: int, watch: bool, stages_per_worker: int = 2) -> None:
         self.cpu_count = max(1, cpu_count)
         self.watch = watch
+        self.stages_per_worker = max(1, stages_per_worker)
         self.options: RunOptions | None = None
         self.targets: tuple[str, ...] | None = None
         self.pipeline: PipelineSnapshot | None = None
@@ -280,6 +305,8 @@ class SupervisorCore:
         self._attempt_ids = itertools.count(1)
         self._run_ids = itertools.count(1)
         self._out_signatures: dict[str, FileSignature] = {}
+        self._position: dict[str, int] = {}
+        self._first_force: bool | frozenset[str] = False
         #: Per stage: the status and duration of its last finish (for status queries).
         self.last_results: dict[str, tuple[str, float | None]] = {}
         #: Stage count of the last pipeline a generation loaded: sizes the next one.
@@ -316,7 +343,7 @@ class SupervisorCore:
                 "id": run.run_id,
                 "running": self._sorted(run.running),
                 "pending": self._sorted(run.pending),
-                "finished": self._sorted(run.ok | run.failed | run.skipped | run.cancelled),
+                "finished": self._sorted(run.finished()),
             },
             "last_error": self.last_error,
             "counts": dict(self.counts),
@@ -375,6 +402,7 @@ class SupervisorCore:
         if self.options is None:
             self.options = req.options or RunOptions()
             self.targets = req.stages
+            self._first_force = req.force
             return self._reload(trigger="start")
         if self.graph is None or self.pipeline is None:
             return [_error("no pipeline is loaded yet; fix the pipeline and save it")]
@@ -383,7 +411,7 @@ class SupervisorCore:
         if unknown:
             return [_error(_unknown_stages_message(unknown, self.pipeline.names))]
         wanted = self.graph.upstream_closure(names)
-        return self._add_to_run(wanted, trigger=req.trigger, on_error=req.on_error)
+        return self._add_to_run(wanted, trigger=req.trigger, on_error=req.on_error, force=req.force)
 
     def _on_files_changed(self, changed: FilesChanged) -> list[Action]:
         code = sorted({c.path for c in changed.changes if c.is_code})
@@ -412,7 +440,8 @@ class SupervisorCore:
         if self._reload_again is not None:
             trigger, self._reload_again = self._reload_again, None
             self._loading = None
-            return [Retire(loaded.generation), *self._reload(trigger)]
+            discarded = _discarded(loaded.generation, "superseded by a newer change")
+            return [Retire(loaded.generation), discarded, *self._reload(trigger)]
         try:
             graph = PipelineGraph(loaded.snapshot.stages)
         except PipelineError as exc:
@@ -423,7 +452,9 @@ class SupervisorCore:
             if len(loaded.workers) != wanted:
                 # The size was chosen before this pipeline was known; build one that fits.
                 self._loading = None
-                return [Retire(loaded.generation), *self._reload(self._loading_trigger)]
+                reason = f"resized: {wanted} workers fit {len(loaded.snapshot)} stages"
+                discarded = _discarded(loaded.generation, reason)
+                return [Retire(loaded.generation), discarded, *self._reload(self._loading_trigger)]
         return self._promote(loaded, graph)
 
     def _on_generation_failed(self, failed: GenerationFailed) -> list[Action]:
@@ -433,7 +464,8 @@ class SupervisorCore:
         actions: list[Action] = [Retire(failed.generation)]
         if self._reload_again is not None:
             trigger, self._reload_again = self._reload_again, None
-            return actions + self._reload(trigger)
+            discarded = _discarded(failed.generation, "superseded by a newer change")
+            return [*actions, discarded, *self._reload(trigger)]
         self._broken = True
         self.last_error = failed.error
         self._rerun_all_on_promote = False
@@ -471,13 +503,14 @@ class SupervisorCore:
         elif outcome.status == "ok":
             self._out_signatures.update(outcome.out_signatures)
             actions.append(self._finish(attempt.stage, "ok", outcome))
+        elif outcome.status == "skipped":
+            actions.append(self._finish(attempt.stage, "unchanged", outcome))
         else:
             actions.append(self._finish(attempt.stage, "failed", outcome))
+        self._wake(self._downstream_of(attempt.stage))
         if attempt.stage in run.rerun_after:
             run.rerun_after.discard(attempt.stage)
-            run.pending.add(attempt.stage)
-            run.failed.discard(attempt.stage)
-            run.ok.discard(attempt.stage)
+            self._requeue(run, attempt.stage)
         elif attempt.stage in run.failed and run.on_error == "fail" and not run.stopped:
             run.stopped = True
             for name in self._sorted(run.pending):
@@ -546,6 +579,13 @@ class SupervisorCore:
         self._active_healthy = True
         self.pipeline = loaded.snapshot
         self.graph = graph
+        self._position = {name: index for index, name in enumerate(graph.order)}
+        if self.run is not None:
+            # The order may have changed with the pipeline: rebuild the ready heap.
+            self.run.pending &= set(graph.order)
+            self.run.ready.clear()
+            self.run.in_ready.clear()
+            self._wake(self.run.pending)
         actions: list[Action] = [Promote(loaded.generation)]
         if old is not None and old != loaded.generation:
             actions.append(Retire(old))
@@ -561,12 +601,15 @@ class SupervisorCore:
         actions += [_publish("pipeline_warning", message=w) for w in loaded.snapshot.warnings]
         if old is None or self._rerun_all_on_promote:
             self._rerun_all_on_promote = False
-            unknown = graph.unknown(self.targets or ())
+            named_force = self._first_force if isinstance(self._first_force, frozenset) else ()
+            unknown = graph.unknown([*(self.targets or ()), *sorted(named_force)])
             if unknown:
                 actions.append(_error(_unknown_stages_message(unknown, loaded.snapshot.names)))
                 if not self.watch:
                     return actions + self._exit(2)
-            return actions + self._add_to_run(set(self._scope_names()), trigger=trigger)
+            force, self._first_force = self._first_force, False
+            scope = set(self._scope_names())
+            return actions + self._add_to_run(scope, trigger=trigger, force=force)
         return actions + self._dispatch()
 
     # ------------------------------------------------------------------- runs
@@ -580,7 +623,12 @@ class SupervisorCore:
         return self.graph.sort(self.graph.upstream_closure(known))
 
     def _add_to_run(
-        self, stages: Iterable[str], *, trigger: str, on_error: OnError | None = None
+        self,
+        stages: Iterable[str],
+        *,
+        trigger: str,
+        on_error: OnError | None = None,
+        force: bool | frozenset[str] = False,
     ) -> list[Action]:
         assert self.options is not None and self.graph is not None
         scope = set(self._scope_names())
@@ -594,18 +642,47 @@ class SupervisorCore:
                 run_id=next(self._run_ids), on_error=on_error or self.options.on_error
             )
             actions.append(
-                _publish("run_started", run_id=run.run_id, stages=wanted, trigger=trigger)
+                _publish(
+                    "run_started",
+                    run_id=run.run_id,
+                    stages=wanted,
+                    trigger=trigger,
+                    generation=self.active,
+                )
             )
+        if force is True:
+            run.forced.update(wanted)
+        elif force:
+            run.forced.update(force)
         for name in wanted:
             if name in run.running:
                 run.rerun_after.add(name)
             else:
-                run.pending.add(name)
-                for done in (run.ok, run.failed, run.skipped, run.cancelled):
-                    done.discard(name)
+                self._requeue(run, name)
         if run.stopped:
             run.stopped = False
         return actions + self._dispatch()
+
+    def _requeue(self, run: _Run, name: str) -> None:
+        run.pending.add(name)
+        for done in (run.ok, run.failed, run.skipped, run.unchanged, run.cancelled):
+            done.discard(name)
+        self._wake([name])
+
+    def _wake(self, names: Iterable[str]) -> None:
+        """Offer ``names`` for dispatch; :meth:`_dispatch` checks them when it pops."""
+        run = self.run
+        if run is None or self.graph is None:
+            return
+        for name in names:
+            if name in run.pending and name not in run.in_ready:
+                run.in_ready.add(name)
+                heapq.heappush(run.ready, (self._position[name], name))
+
+    def _downstream_of(self, name: str) -> frozenset[str]:
+        if self.graph is None or name not in self.graph:
+            return frozenset()
+        return self.graph.downstream(name)
 
     def _can_dispatch(self) -> bool:
         # While a replacement generation loads, the active one's results would be stale
@@ -613,43 +690,65 @@ class SupervisorCore:
         return self.active is not None and self._active_healthy and self._loading is None
 
     def _dispatch(self) -> list[Action]:
+        """Start every pending stage whose upstream is done, up to the pool's capacity.
+
+        Candidates come from the ready heap in topological order; a candidate whose
+        upstream is still outstanding is dropped (finishing that upstream wakes it
+        again), and one whose upstream failed is skipped, which wakes its own
+        downstream in turn.
+        """
         run = self.run
         if run is None:
             return []
         actions: list[Action] = []
         if self._can_dispatch():
             assert self.graph is not None and self.pipeline is not None
-            capacity = max(1, len(self.active_workers)) - len(run.running)
-            outstanding = run.outstanding()
-            for name in self.graph.sort(run.pending):
-                upstream = self.graph.upstream(name)
-                if upstream & outstanding:
+            assert self.active is not None
+            capacity = self._capacity() - len(run.running)
+            while run.ready and capacity > 0:
+                _, name = heapq.heappop(run.ready)
+                run.in_ready.discard(name)
+                if name not in run.pending:
                     continue
-                blocked = upstream & (run.failed | run.skipped | run.cancelled)
+                upstream = self.graph.upstream(name)
+                if any(run.is_outstanding(u) for u in upstream):
+                    continue
+                blocked = sorted(
+                    u for u in upstream if u in run.failed | run.skipped | run.cancelled
+                )
                 if blocked:
                     run.pending.discard(name)
-                    outstanding.discard(name)
-                    first = sorted(blocked)[0]
-                    actions.append(self._skip(name, f"upstream stage '{first}' did not succeed"))
-                    continue
-                if capacity <= 0:
+                    actions.append(
+                        self._skip(name, f"upstream stage '{blocked[0]}' did not succeed")
+                    )
+                    self._wake(self._downstream_of(name))
                     continue
                 capacity -= 1
                 run.pending.discard(name)
                 attempt = next(self._attempt_ids)
-                assert self.active is not None
                 self._attempts[attempt] = _Attempt(name, self.active)
                 run.running[name] = attempt
                 actions.append(
-                    _publish(
-                        "stage_started",
-                        stage=name,
-                        generation=self.active,
+                    RunStage(
+                        attempt,
+                        self.active,
+                        name,
+                        self.pipeline[name],
+                        force=name in run.forced,
                         run_id=run.run_id,
                     )
                 )
-                actions.append(RunStage(attempt, self.active, name, self.pipeline[name].params))
         return actions + self._maybe_finish_run()
+
+    def _capacity(self) -> int:
+        """How many stages may be in flight: by default two per worker.
+
+        The second stage waits in the pool's queue, so a worker that finishes picks it up
+        at once instead of idling for a round trip through the supervisor.  In-process
+        there is one slot: stages run one at a time.
+        """
+        workers = len(self.active_workers)
+        return self.stages_per_worker * workers if workers else 1
 
     def _maybe_finish_run(self) -> list[Action]:
         run = self.run
@@ -663,7 +762,7 @@ class SupervisorCore:
                 ok=len(run.ok),
                 failed=len(run.failed),
                 cancelled=len(run.cancelled),
-                skipped=len(run.skipped),
+                skipped=len(run.skipped) + len(run.unchanged),
             )
         ]
         if not self.watch:
@@ -683,7 +782,7 @@ class SupervisorCore:
             cancelled.append(attempt)
             if stage in run.rerun_after:
                 run.rerun_after.discard(stage)
-                run.pending.add(stage)
+                self._requeue(run, stage)
                 continue
             actions.append(self._finish(stage, "cancelled", None, reason=reason))
         if cancelled:
@@ -695,21 +794,30 @@ class SupervisorCore:
     ) -> Publish:
         run = self.run
         assert run is not None
-        {"ok": run.ok, "failed": run.failed, "cancelled": run.cancelled}[status].add(stage)
+        groups = {"ok": run.ok, "failed": run.failed, "cancelled": run.cancelled}
+        groups["unchanged"] = run.unchanged
+        groups[status].add(stage)
+        ran = status != "unchanged"
+        if not ran:
+            # Reported as a skip: the stage is up to date, so nothing ran.
+            status = "skipped"
+        if status == "cancelled" and outcome is not None:
+            reason = reason or "result came from a retired generation"
+        elif reason is None and outcome is not None:
+            reason = outcome.reason
         self.counts[status] += 1
-        duration = None if outcome is None else round(outcome.duration_ms, 3)
+        duration = None if outcome is None or not ran else round(outcome.duration_ms, 3)
         self.last_results[stage] = (status, duration)
         fields: dict[str, Any] = {"stage": stage, "status": status, "run_id": run.run_id}
         if outcome is not None:
             fields.update(
                 generation=outcome.generation,
-                pid=outcome.pid,
-                duration_ms=round(outcome.duration_ms, 3),
+                # 0: the worker died before it could report; which one is unknown.
+                pid=outcome.pid or None,
+                duration_ms=duration,
             )
             if status == "failed":
                 fields.update(error=outcome.error, traceback=outcome.traceback)
-            elif status == "cancelled":
-                fields["reason"] = "result came from a retired generation"
             fields["output"] = outcome.output
         else:
             fields.update(generation=None, pid=None, duration_ms=None)
@@ -781,6 +889,10 @@ class SupervisorCore:
 
 def _publish(name: str, **fields: Any) -> Publish:
     return Publish(Event(name, fields))
+
+
+def _discarded(generation: int, reason: str) -> Publish:
+    return _publish("generation_discarded", generation=generation, reason=reason)
 
 
 def _error(message: str) -> Publish:

@@ -19,6 +19,7 @@ EVENT_NAMES = (
     "reload_started",
     "generation_ready",
     "reload_failed",
+    "generation_discarded",
     "pipeline_warning",
     "run_started",
     "stage_started",

@@ -81,6 +81,10 @@ def _reload_failed(e: Event, _: bool) -> list[str]:
     return lines + _indented(e.get("traceback") or "")
 
 
+def _discarded(e: Event, _: bool) -> list[str]:
+    return [f"generation {e.get('generation')} discarded ({e.get('reason')})"]
+
+
 def _warning(e: Event, _: bool) -> list[str]:
     return [f"warning: {e.get('message')}"]
 
@@ -139,6 +143,7 @@ _RENDERERS: dict[str, Callable[[Event, bool], list[str]]] = {
     "reload_started": _reload_started,
     "generation_ready": _generation_ready,
     "reload_failed": _reload_failed,
+    "generation_discarded": _discarded,
     "pipeline_warning": _warning,
     "run_started": _run_started,
     "stage_started": _stage_started,

@@ -10,7 +10,8 @@
          |- watcher    watchfiles -> FilesChanged            (watch mode only)
          |- reloader   StartGeneration -> backend.load -> GenerationLoaded / Failed
          |- executor   RunStage -> backend.run -> StageFinished (one waiter per stage)
-         '- pool       Retire -> backend.retire (off the trio thread)
+         |- pool       Retire -> backend.retire (off the trio thread)
+         '- backend    backend.serve: keeps the standby generation warm (loky)
 
 Every task only does I/O; what to do is decided by :class:`SupervisorCore`.  Channels
 between the driver and the tasks are unbounded so that the driver never waits on a
@@ -19,18 +20,23 @@ task that is itself waiting to hand the driver an input.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import loky
 import structlog
 import trio
 
+from ..pipeline._freshness import Decision
+from ..pipeline._model import StageOutcome
 from ..workers._messages import RunRequest
-from ._bus import EventBus
+from ._bus import EventBus, Subscription
 from ._config import Config
 from ._core import (
     Action,
@@ -49,6 +55,8 @@ from ._core import (
     SupervisorCore,
 )
 from ._events import Event
+from ._incremental import Check, Incremental
+from ._state import StateStoreError
 from ._watcher import ProjectWatcher
 from .backends import Backend, InlineBackend, LokyBackend
 
@@ -60,12 +68,23 @@ Service = Callable[["Supervisor", trio.TaskStatus[None]], Awaitable[None]]
 
 #: Exit code after a second Ctrl-C, as shells report death by SIGINT.
 EXIT_INTERRUPTED_TWICE = 130
+#: How long a finished stage waits for the history to record its run's start.
+HISTORY_WAIT_S = 1.0
 #: How long shutting the workers down may take before we stop waiting politely.
 SHUTDOWN_TIMEOUT_S = 4.0
 
 
-def make_backend(config: Config, options: RunOptions) -> Backend:
-    return LokyBackend(config) if options.parallel else InlineBackend(config)
+def make_backend(
+    config: Config, options: RunOptions, *, standby: bool = False, cpu_count: int | None = None
+) -> Backend:
+    """The backend for ``options``; ``standby`` keeps the next generation's workers
+    started ahead (it needs the backend's ``serve`` running, as in a session)."""
+    if not options.parallel:
+        return InlineBackend(config)
+    cap = cpu_count or loky.cpu_count()
+    if options.max_workers is not None:
+        cap = min(cap, options.max_workers)
+    return LokyBackend(config, standby=standby, max_workers=cap)
 
 
 class Supervisor:
@@ -86,12 +105,19 @@ class Supervisor:
         handle_signals: bool = True,
         cpu_count: int | None = None,
         services: Sequence[Service] = (),
+        standby: bool = True,
+        incremental: bool = True,
+        force: bool | frozenset[str] = False,
     ) -> None:
         self.config = config
         self.options = options
         self.targets = targets
         self.watch = watch
-        self.backend = backend if backend is not None else make_backend(config, options)
+        self.backend = (
+            backend
+            if backend is not None
+            else make_backend(config, options, standby=standby, cpu_count=cpu_count)
+        )
         self.core = SupervisorCore(cpu_count=cpu_count or loky.cpu_count(), watch=watch)
         self.bus = EventBus()
         self.exit_code: int | None = None
@@ -102,12 +128,31 @@ class Supervisor:
         self._waiters: dict[int, trio.CancelScope] = {}
         self._watcher = ProjectWatcher(config) if watch else None
         self._services = tuple(services)
+        self._use_incremental = incremental
+        self._force = force
+        #: The state store and hash cache, while a session runs with incremental runs.
+        self.incremental: Incremental | None = None
+        #: Set once the history has recorded a run's start (by the supervisor's run id).
+        self._history_started: dict[int, trio.Event] = {}
+        self._sent = 0
+        self._handled = 0
+        self._replies: dict[int, _Reply] = {}
 
     # ---------------------------------------------------------------- controls
 
     def send(self, event: Input) -> None:
         """Hand the core an input (from the trio thread)."""
         self._inbox_send.send_nowait(event)
+        self._sent += 1
+
+    async def request(self, event: Input) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Send ``event``, wait until the core handled it, and return ``core.status()``
+        right before and right after: exactly what this input did (the run it started or
+        joined, the run it cancelled), whatever else is queued around it."""
+        self.send(event)
+        reply = self._replies[self._sent] = _Reply()
+        await reply.done.wait()
+        return reply.before, reply.after
 
     def stop(self, exit_code: int = 0) -> None:
         """Ask the session to end; :meth:`run` then cleans up and returns."""
@@ -124,8 +169,10 @@ class Supervisor:
         right after the last event (``supervisor_stopped``).
         """
         async with trio.open_nursery() as outer:
+            signals = trio.CancelScope()
             if self._handle_signals:
-                await outer.start(self._signals)
+                await outer.start(self._signals, signals)
+            await self._open_incremental(outer)
             try:
                 await self._session()
             finally:
@@ -134,10 +181,47 @@ class Supervisor:
                 if self.exit_code is None:
                     self.exit_code = 0
                 self._publish(Event("supervisor_stopped", {"exit_code": self.exit_code}))
+                # Sinks (the history included) drain what is left, then end.
                 self.bus.close()
-                outer.cancel_scope.cancel()
+                signals.cancel()
         assert self.exit_code is not None
         return self.exit_code
+
+    async def _open_incremental(self, nursery: trio.Nursery) -> None:
+        """Open the state store, and keep the run history from the events."""
+        if not self._use_incremental:
+            return
+        try:
+            self.incremental = await trio.to_thread.run_sync(
+                Incremental.open, self.config.project_root
+            )
+        except StateStoreError as exc:
+            self._publish(
+                Event("pipeline_warning", {"message": f"{exc}; every stage will run each time"})
+            )
+            return
+        for warning in self.incremental.warnings:
+            self._publish(Event("pipeline_warning", {"message": warning}))
+        nursery.start_soon(self._keep_history, self.incremental, self.bus.subscribe())
+
+    async def _keep_history(self, incremental: Incremental, subscription: Subscription) -> None:
+        try:
+            async for event in subscription.events:
+                if event.name in ("run_started", "stage_finished", "run_finished"):
+                    try:
+                        await trio.to_thread.run_sync(incremental.record_event, event)
+                    except StateStoreError as exc:
+                        log.warning("could not record the run history", error=str(exc))
+                    if event.name == "run_started":
+                        self._history_event(event.get("run_id")).set()
+                    elif event.name == "run_finished":
+                        self._history_started.pop(event.get("run_id"), None)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(incremental.close)
+
+    def _history_event(self, run_id: int) -> trio.Event:
+        return self._history_started.setdefault(run_id, trio.Event())
 
     async def _session(self) -> None:
         reload_send, reload_recv = trio.open_memory_channel[StartGeneration | ReloadInProcess](
@@ -148,6 +232,7 @@ class Supervisor:
         routes = _Routes(reload_send, exec_send, pool_send)
         with self._session_scope:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.backend.serve)
                 nursery.start_soon(self._reloader, reload_recv)
                 nursery.start_soon(self._executor, exec_recv)
                 nursery.start_soon(self._pool, pool_recv)
@@ -169,14 +254,23 @@ class Supervisor:
                         },
                     )
                 )
-                self.send(RunRequested(self.targets, self.options, trigger="start"))
+                self.send(
+                    RunRequested(self.targets, self.options, trigger="start", force=self._force)
+                )
                 self.started.set()
                 await self._driver(routes)
 
     async def _driver(self, routes: _Routes) -> None:
         async for event in self._inbox:
+            self._handled += 1
+            reply = self._replies.pop(self._handled, None)
+            if reply is not None:
+                reply.before = self.core.status()
             for action in self.core.handle(event):
                 self._apply(action, routes)
+            if reply is not None:
+                reply.after = self.core.status()
+                reply.done.set()
 
     def _apply(self, action: Action, routes: _Routes) -> None:
         match action:
@@ -239,11 +333,53 @@ class Supervisor:
             ),
         ):
             log.debug("stage dispatched", attempt=request.attempt)
-            result = await self.backend.run(
-                RunRequest(request.generation, request.stage, request.params)
-            )
+            finished = await self._run_stage(request)
             self._waiters.pop(request.attempt, None)
-            self.send(StageFinished(request.attempt, result.outcome, result.worker_lost))
+            self.send(finished)
+
+    async def _run_stage(self, request: RunStage) -> StageFinished:
+        """Run one stage, unless the state store says it is up to date."""
+        spec = request.spec
+        incremental = self.incremental
+        check: Check | None = None
+        if incremental is not None:
+            try:
+                check = await trio.to_thread.run_sync(
+                    functools.partial(incremental.prepare, spec, force=request.force)
+                )
+                if not check.decision.run:
+                    return StageFinished(request.attempt, _skipped(request, check.decision))
+            except StateStoreError as exc:
+                log.warning("state store unusable; running the stage", error=str(exc))
+                check = None
+        # Published here, not at dispatch: a stage found up to date never starts.
+        self._publish(
+            Event(
+                "stage_started",
+                {
+                    "stage": request.stage,
+                    "generation": request.generation,
+                    "run_id": request.run_id,
+                },
+            )
+        )
+        result = await self.backend.run(RunRequest(request.generation, request.stage, spec.params))
+        outcome = result.outcome
+        if check is not None and incremental is not None:
+            outcome = dataclasses.replace(outcome, reason=check.decision.summary)
+            if outcome.status == "ok":
+                # The record names the history's run: let the history catch up first.
+                with trio.move_on_after(HISTORY_WAIT_S):
+                    await self._history_event(request.run_id).wait()
+                try:
+                    await trio.to_thread.run_sync(
+                        functools.partial(
+                            incremental.after_success, spec, check, outcome, run_id=request.run_id
+                        )
+                    )
+                except StateStoreError as exc:
+                    log.warning("could not record the stage's success", error=str(exc))
+        return StageFinished(request.attempt, outcome, result.worker_lost)
 
     async def _pool(self, requests: trio.MemoryReceiveChannel[Promote | Retire]) -> None:
         async for request in requests:
@@ -252,8 +388,12 @@ class Supervisor:
             else:
                 log.info("generation promoted", generation=request.generation)
 
-    async def _signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    async def _signals(
+        self,
+        scope: trio.CancelScope,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with scope, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             task_status.started()
             received = 0
             async for signum in signals:
@@ -263,6 +403,15 @@ class Supervisor:
                     self.stop(0)
                 elif signum == signal.SIGINT:
                     self.exit_code = EXIT_INTERRUPTED_TWICE
+
+
+class _Reply:
+    """Where the driver leaves the core's status around one :meth:`Supervisor.request`."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.before: dict[str, Any] = {}
+        self.after: dict[str, Any] = {}
 
 
 class _Routes:
@@ -277,6 +426,21 @@ class _Routes:
         self.reload = reload
         self.execute = execute
         self.pool = pool
+
+
+def _skipped(request: RunStage, decision: Decision) -> StageOutcome:
+    reason = "unchanged"
+    if decision.hand_edited:
+        edited = ", ".join(repr(p) for p in decision.hand_edited)
+        reason += f"; output {edited} was edited by hand and is left alone"
+    return StageOutcome(
+        stage=request.stage,
+        generation=request.generation,
+        pid=0,
+        status="skipped",
+        duration_ms=0.0,
+        reason=reason,
+    )
 
 
 def _now() -> str:

@@ -10,12 +10,14 @@ pipeline running.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
+import os
 import sys
 import tomllib
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -27,6 +29,7 @@ from pivot_supervise.pipeline._model import PipelineSnapshot, StageSpec
 from pivot_supervise.pipeline._paths import normalize_stage_path
 from pivot_supervise.pipeline._registry import REGISTRY, Registration
 
+from ._fingerprint import fingerprint_stages, params_digest
 from ._imports import (
     install_fresh_source_imports,
     installed_project_roots,
@@ -35,8 +38,9 @@ from ._imports import (
     purge_project_modules,
     source_digest,
 )
+from ._overlay import SourceOverlay, ValidatedPipeline, overlay_imports
 
-__all__ = ["LoadedPipeline", "PipelineLoadError", "load_pipeline"]
+__all__ = ["LoadedPipeline", "PipelineLoadError", "load_pipeline", "load_validated"]
 
 StageFunction = Callable[..., Any]
 
@@ -66,6 +70,8 @@ class LoadedPipeline:
     snapshot: PipelineSnapshot
     functions: Mapping[str, StageFunction]
     project_root: Path
+    #: The params file's bytes as the load read them (``None``: there was none).
+    params_source: bytes | None = None
 
 
 def load_pipeline(project_root: Path, pipeline_file: str, params_file: str) -> LoadedPipeline:
@@ -87,8 +93,59 @@ def load_pipeline(project_root: Path, pipeline_file: str, params_file: str) -> L
         raise PipelineLoadError(_describe(exc, root), _format_traceback(exc, root)) from exc
 
 
-def _load(root: Path, pipeline_file: str, params_file: str) -> LoadedPipeline:
-    module_name = _module_name(root, pipeline_file)
+def load_validated(validated: ValidatedPipeline) -> LoadedPipeline:
+    """Load the pipeline another worker validated, from the source it compiled.
+
+    The overlay's modules (and params file) are served from the recorded bytes, so this
+    worker runs exactly the validated code whatever happened on disk since (see
+    :mod:`._overlay`).  The result carries the validated snapshot.  Fingerprints are
+    not computed again: they are the validating worker's to compute (one of their
+    inputs, a project module a stage imports lazily, is read from disk and may have
+    changed since), and only the validated snapshot is ever used.  What is checked: the
+    code digest and every stage's name, module, deps, outs and params must equal the
+    validated ones; they can only differ through a bug (or a pipeline whose imports
+    depend on something other than its source), and the load then fails loudly.
+    """
+    root = Path(validated.project_root).resolve()
+    try:
+        loaded = _load(
+            root,
+            validated.pipeline_file,
+            validated.params_file,
+            overlay=validated.overlay,
+        )
+    except PipelineLoadError:
+        raise
+    except PipelineError as exc:
+        raise PipelineLoadError(str(exc), _format_traceback(exc, root)) from exc
+    except (Exception, SystemExit) as exc:
+        raise PipelineLoadError(_describe(exc, root), _format_traceback(exc, root)) from exc
+    difference = _difference(validated.snapshot, loaded.snapshot)
+    if difference is not None:
+        raise PipelineLoadError(
+            f"worker {os.getpid()} loaded a different pipeline from the validated source "
+            f"of worker {validated.validator_pid} ({difference}); this is a bug of "
+            "pivot-supervise, please report it"
+        )
+    return dataclasses.replace(loaded, snapshot=validated.snapshot)
+
+
+def _difference(validated: PipelineSnapshot, loaded: PipelineSnapshot) -> str | None:
+    if loaded.code_digest != validated.code_digest:
+        return f"code digest {loaded.code_digest[:12]} instead of {validated.code_digest[:12]}"
+
+    def shape(snapshot: PipelineSnapshot) -> list[tuple[object, ...]]:
+        return [(s.name, s.module, s.deps, s.outs, s.params) for s in snapshot.stages]
+
+    if shape(loaded) != shape(validated):
+        return f"stages {list(loaded.names)} instead of {list(validated.names)}"
+    return None
+
+
+def _load(
+    root: Path, pipeline_file: str, params_file: str, overlay: SourceOverlay | None = None
+) -> LoadedPipeline:
+    module_name = _module_name(root, pipeline_file, must_exist=overlay is None)
     root_entry = str(root)
     if not sys.path or sys.path[0] != root_entry:
         sys.path.insert(0, root_entry)
@@ -101,13 +158,19 @@ def _load(root: Path, pipeline_file: str, params_file: str) -> LoadedPipeline:
         purge_project_modules(installed)
     REGISTRY.clear()
     try:
-        module = __import__(module_name, fromlist=["_"])
+        if overlay is None:
+            module = __import__(module_name, fromlist=["_"])
+        else:
+            with overlay_imports(root, overlay):
+                module = __import__(module_name, fromlist=["_"])
         registrations = REGISTRY.registrations()
     finally:
         REGISTRY.clear()
     _check_module_origin(module, root, pipeline_file)
 
-    params = _read_params(root, params_file)
+    # The params as validated, with an overlay; as they are now, without.
+    params_source = _read_params_file(root, params_file) if overlay is None else overlay.params
+    params = _parse_params(params_source, params_file)
     specs: list[StageSpec] = []
     functions: dict[str, StageFunction] = {}
     warnings: list[str] = []
@@ -128,11 +191,33 @@ def _load(root: Path, pipeline_file: str, params_file: str) -> LoadedPipeline:
                 f"stage {stage!r} depends on {dep!r}, which no stage produces "
                 "and which does not exist yet"
             )
-    snapshot = build_snapshot(graph.stages, warnings=warnings, code_digest=_code_digest(root))
-    return LoadedPipeline(snapshot=snapshot, functions=functions, project_root=root)
+    # A load from a validated overlay keeps the validated fingerprints (see load_validated).
+    stages = (
+        graph.stages if overlay is not None else _with_fingerprints(graph.stages, functions, root)
+    )
+    snapshot = build_snapshot(stages, warnings=warnings, code_digest=_code_digest(root))
+    return LoadedPipeline(
+        snapshot=snapshot, functions=functions, project_root=root, params_source=params_source
+    )
 
 
-def _module_name(root: Path, pipeline_file: str) -> str:
+def _with_fingerprints(
+    specs: Sequence[StageSpec], functions: Mapping[str, StageFunction], root: Path
+) -> list[StageSpec]:
+    """Each spec with its code and params fingerprints, computed here, next to the code."""
+    prints = fingerprint_stages(functions, root)
+    return [
+        dataclasses.replace(
+            spec,
+            code_fingerprint=prints[spec.name].code,
+            code_parts=dict(prints[spec.name].parts),
+            params_digest=params_digest(spec.params),
+        )
+        for spec in specs
+    ]
+
+
+def _module_name(root: Path, pipeline_file: str, *, must_exist: bool = True) -> str:
     """``pipeline.py`` -> ``pipeline``; ``pipelines/main.py`` -> ``pipelines.main``."""
     relative = PurePosixPath(pipeline_file.replace("\\", "/"))
     if relative.is_absolute() or ".." in relative.parts or relative.suffix != ".py":
@@ -140,7 +225,7 @@ def _module_name(root: Path, pipeline_file: str) -> str:
             f"pipeline file {pipeline_file!r} must be a .py file given relative to the "
             "project root, e.g. 'pipeline.py'"
         )
-    if not (root / relative).is_file():
+    if must_exist and not (root / relative).is_file():
         raise PipelineLoadError(f"pipeline file {pipeline_file!r} does not exist")
     parts = relative.with_suffix("").parts
     if not all(part.isidentifier() for part in parts):
@@ -163,14 +248,18 @@ def _check_module_origin(module: object, root: Path, pipeline_file: str) -> None
         )
 
 
-def _read_params(root: Path, params_file: str) -> dict[str, Any]:
-    path = root / params_file
+def _read_params_file(root: Path, params_file: str) -> bytes | None:
     try:
-        data = path.read_bytes()
+        return (root / params_file).read_bytes()
     except FileNotFoundError:
-        return {}
+        return None
     except OSError as exc:
         raise PipelineError(f"cannot read params file {params_file!r}: {exc}") from exc
+
+
+def _parse_params(data: bytes | None, params_file: str) -> dict[str, Any]:
+    if data is None:
+        return {}
     try:
         return tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
