@@ -10,6 +10,7 @@ or configuration value is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 
@@ -65,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pivot-supervise {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        if "loky" in sys.modules:
-            # Worker pools are gone by now; stop the trackers loky started for them.
-            from ..supervisor.backends import release_process_resources
-
-            release_process_resources()
+        # Let shut-down executors unregister their semaphores now, so that loky's
+        # resource tracker, which exits with this process, finds nothing leaked.  It is
+        # not stopped here: loky's own exit handlers may still release executors later,
+        # and a stopped tracker would be relaunched for them.
+        gc.collect()

@@ -117,6 +117,11 @@ class Incremental:
 
     # ------------------------------------------------------------------- history
 
+    def record_events(self, events: Iterable[Event]) -> None:
+        """Keep the run history from a batch of the supervisor's events, in order."""
+        for event in events:
+            self.record_event(event)
+
     def record_event(self, event: Event) -> None:
         """Keep the run history from the supervisor's events."""
         with self._lock:

@@ -68,6 +68,8 @@ Service = Callable[["Supervisor", trio.TaskStatus[None]], Awaitable[None]]
 
 #: Exit code after a second Ctrl-C, as shells report death by SIGINT.
 EXIT_INTERRUPTED_TWICE = 130
+#: The events the run history is kept from.
+HISTORY_EVENTS = frozenset({"run_started", "stage_finished", "run_finished"})
 #: How long a finished stage waits for the history to record its run's start.
 HISTORY_WAIT_S = 1.0
 #: How long shutting the workers down may take before we stop waiting politely.
@@ -205,17 +207,22 @@ class Supervisor:
         nursery.start_soon(self._keep_history, self.incremental, self.bus.subscribe())
 
     async def _keep_history(self, incremental: Incremental, subscription: Subscription) -> None:
+        """Record runs from the events, in batches: one trip off-thread per wake-up."""
         try:
             async for event in subscription.events:
-                if event.name in ("run_started", "stage_finished", "run_finished"):
-                    try:
-                        await trio.to_thread.run_sync(incremental.record_event, event)
-                    except StateStoreError as exc:
-                        log.warning("could not record the run history", error=str(exc))
-                    if event.name == "run_started":
-                        self._history_event(event.get("run_id")).set()
-                    elif event.name == "run_finished":
-                        self._history_started.pop(event.get("run_id"), None)
+                batch = [event, *_pending(subscription.events)]
+                wanted = [e for e in batch if e.name in HISTORY_EVENTS]
+                if not wanted:
+                    continue
+                try:
+                    await trio.to_thread.run_sync(incremental.record_events, wanted)
+                except StateStoreError as exc:
+                    log.warning("could not record the run history", error=str(exc))
+                for recorded in wanted:
+                    if recorded.name == "run_started":
+                        self._history_event(recorded.get("run_id")).set()
+                    elif recorded.name == "run_finished":
+                        self._history_started.pop(recorded.get("run_id"), None)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(incremental.close)
@@ -426,6 +433,16 @@ class _Routes:
         self.reload = reload
         self.execute = execute
         self.pool = pool
+
+
+def _pending(events: trio.MemoryReceiveChannel[Event]) -> list[Event]:
+    """Whatever else is already waiting in ``events``, without waiting."""
+    found: list[Event] = []
+    while True:
+        try:
+            found.append(events.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return found
 
 
 def _skipped(request: RunStage, decision: Decision) -> StageOutcome:
