@@ -117,16 +117,19 @@ async def _tour(project: Path, show_json: bool) -> int:
             _say(
                 "Step 3: someone edits report_format.py, a helper the report stage imports.\n"
                 "    Code changed, so a NEW generation of workers imports it as saved,\n"
-                "    proves the pipeline still loads, and only then replaces generation 1."
+                "    proves the pipeline still loads, and only then replaces generation 1.\n"
+                "    Only the stage whose code changed runs; the others are up to date."
             )
             helper = project / "report_format.py"
             original = helper.read_text()
             helper.write_text(original.replace("readings, mean", "readings, average"))
             ready = await narrator.wait_for("generation 2", _named("generation_ready"))
             new_pids = set(ready.get("workers"))
-            await narrator.wait_for("the re-run", _named("run_finished"))
+            ran = await _statuses(narrator)
             if new_pids & first_pids or "average" not in report.read_text():
                 raise DemoFailed("the edited code did not run on fresh workers")
+            if ran != {"clean": "skipped", "summarize": "skipped", "report": "ok"}:
+                raise DemoFailed(f"expected only report to run, got {ran}")
             _say(
                 f"Generation {ready.get('generation')} (pids {sorted(new_pids)}) ran the code as "
                 f"saved: {report.read_text().strip()}"
@@ -146,8 +149,9 @@ async def _tour(project: Path, show_json: bool) -> int:
             fixed = await narrator.wait_for("the recovery", _named("generation_ready"))
             await narrator.wait_for("the re-run", _named("run_finished"))
             _say(
-                f"Recovered on generation {fixed.get('generation')}. That is the whole loop: "
-                "edit, save, see the result.\n    Try it on your project: pivot-supervise watch"
+                f"Recovered on generation {fixed.get('generation')}; nothing had to run again: "
+                "the fixed code is the code that already ran.\n    That is the whole loop: "
+                "edit, save, see the result. Try it on your project: pivot-supervise watch"
             )
         except DemoFailed as exc:
             failure = exc
@@ -162,6 +166,19 @@ async def _tour(project: Path, show_json: bool) -> int:
 
 def _named(name: str) -> Callable[[Event], bool]:
     return lambda event: event.name == name
+
+
+async def _statuses(narrator: _Narrator) -> dict[str, str]:
+    """Each stage's status in the next run, until it finishes."""
+    statuses: dict[str, str] = {}
+
+    def collect(event: Event) -> bool:
+        if event.name == "stage_finished":
+            statuses[event.get("stage")] = event.get("status")
+        return event.name == "run_finished"
+
+    await narrator.wait_for("the re-run", collect)
+    return statuses
 
 
 async def _run_pids(narrator: _Narrator) -> set[int]:

@@ -82,8 +82,10 @@ class Incremental:
 
     def prepare(self, spec: StageSpec, *, force: bool = False) -> Check:
         """Decide; if the stage must run, forget its record first (one trip off-thread)."""
-        check = self.check(spec, force=force)
-        if check.decision.run:
+        state = self.current_state(spec)
+        record = self.store.record(spec.name)
+        check = Check(decide(state, _baseline(record), force=force), state)
+        if check.decision.run and record is not None:
             self.before_run(spec)
         return check
 

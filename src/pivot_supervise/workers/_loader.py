@@ -356,7 +356,9 @@ def _location(filename: str | None, lineno: int | None, root: Path) -> str | Non
 
 
 def _is_user_frame(frame: traceback.FrameSummary) -> bool:
-    return bool(frame.filename) and is_project_file(Path(frame.filename))
+    # ``<frozen importlib._bootstrap>`` is not a path: resolved against the working
+    # directory (the project root) it would pass for a project file.
+    return os.path.isabs(frame.filename) and is_project_file(Path(frame.filename))
 
 
 def _format_traceback(exc: BaseException, root: Path) -> str:
