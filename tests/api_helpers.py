@@ -12,12 +12,9 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from conftest import TIMEOUT_S, EventLog, Session, assert_gone, kill_survivors
-from pivot_supervise.supervisor._config import load_config
-from pivot_supervise.supervisor._core import RunOptions
+from conftest import TIMEOUT_S, Session, supervising
 from pivot_supervise.supervisor._server import ApiServer
 from pivot_supervise.supervisor._server_file import ServerInfo
-from pivot_supervise.supervisor._supervisor import Supervisor
 
 #: ``produce`` -> ``copy``, reading a helper module the tests may edit.
 PROJECT = {
@@ -54,34 +51,13 @@ async def serving(
     On the way out: stopped, every event read, every worker gone, server.json removed.
     """
     server = server if server is not None else ApiServer()
-    options = RunOptions(parallel=True, max_workers=max_workers)
-    supervisor = Supervisor(
-        load_config(project), options, watch=True, handle_signals=False, services=[server]
-    )
-    session = Session(supervisor, EventLog(supervisor.bus.subscribe()))
-
-    async def run() -> None:
-        try:
-            session.exit_code = await supervisor.run()
-        finally:
-            session.done.set()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run)
-            try:
-                await session.events.wait_for(first)
-                assert server.info is not None
-                yield session, server
-            finally:
-                supervisor.stop()
-                with trio.CancelScope(shield=True):
-                    await session.wait_exit()
-        await session.events.drain()
-        await assert_gone(session.events.worker_pids())
-        assert not (project / ".pivot-supervise" / "server.json").exists()
-    finally:
-        kill_survivors(session.events.worker_pids())
+    async with supervising(
+        project, max_workers=max_workers, incremental=True, services=[server]
+    ) as session:
+        await session.events.wait_for(first)
+        assert server.info is not None
+        yield session, server
+    assert not (project / ".pivot-supervise" / "server.json").exists()
 
 
 def bearer(info: ServerInfo) -> list[tuple[bytes, bytes]]:

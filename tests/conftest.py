@@ -18,7 +18,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from pivot_supervise.supervisor._bus import Subscription
 from pivot_supervise.supervisor._config import load_config
 from pivot_supervise.supervisor._core import OnError, RunOptions
 from pivot_supervise.supervisor._events import Event
-from pivot_supervise.supervisor._supervisor import Supervisor
+from pivot_supervise.supervisor._supervisor import Service, Supervisor
 
 #: Upper bound of any single wait for an event; generous for a loaded 2-core CI box.
 TIMEOUT_S = 20.0
@@ -257,6 +257,7 @@ async def supervising(
     targets: tuple[str, ...] | None = None,
     incremental: bool = False,
     force: bool | frozenset[str] = False,
+    services: Sequence[Service] = (),
 ) -> AsyncIterator[Session]:
     """Run a supervisor on ``project`` in-process for the body of the ``async with``.
 
@@ -277,6 +278,7 @@ async def supervising(
         handle_signals=False,
         incremental=incremental,
         force=force,
+        services=services,
     )
     session = Session(supervisor, EventLog(supervisor.bus.subscribe()))
 
