@@ -151,6 +151,10 @@ async def test_run_with_a_crashing_worker_exits_1_naming_the_worker_and_its_exit
     assert crashed.get("status") == "failed"
     assert "worker" in crashed.get("error")
     assert "EXIT(3)" in crashed.get("error")
+    # The result names the worker it took down, like any other result.
+    ready = next(e for e in session.events.seen if e.name == "generation_ready")
+    assert crashed.get("pid") in ready.get("workers")
+    assert f"worker {crashed.get('pid')} died" in crashed.get("error")
 
 
 async def test_worker_crash_reason_is_a_single_line(make_project: ProjectFactory) -> None:

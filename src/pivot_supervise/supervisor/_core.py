@@ -812,7 +812,7 @@ class SupervisorCore:
         if outcome is not None:
             fields.update(
                 generation=outcome.generation,
-                # 0: the worker died before it could report; which one is unknown.
+                # 0: no process ran it (found up to date, or its worker is unknown).
                 pid=outcome.pid or None,
                 duration_ms=duration,
             )

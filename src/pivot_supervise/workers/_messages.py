@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pivot_supervise.pipeline._model import PipelineSnapshot
@@ -95,3 +96,12 @@ class WarmReply:
     pid: int
     project_modules: tuple[str, ...]
     error: str | None = None
+
+
+def running_marker(generation_dir: Path, stage: str) -> Path:
+    """Where a worker notes its pid while it runs ``stage`` of a generation.
+
+    loky does not say which worker died when its pool breaks; the supervisor reads this
+    marker to name the pid that a crashed stage was running on.
+    """
+    return generation_dir / "running" / stage

@@ -34,7 +34,7 @@ from pivot_supervise.pipeline._model import StageOutcome
 
 from ._imports import project_module_files
 from ._loader import LoadedPipeline, PipelineLoadError, load_pipeline, load_validated
-from ._messages import LoadReply, LoadRequest, RunRequest, WarmReply, WarmRequest
+from ._messages import LoadReply, LoadRequest, RunRequest, WarmReply, WarmRequest, running_marker
 from ._overlay import (
     VALIDATED_FILE,
     ValidatedPipeline,
@@ -357,14 +357,33 @@ def run_stage(request: RunRequest) -> StageOutcome:
             duration_ms=0.0,
             error=f"cannot run stage {request.stage!r} of generation {request.generation}: {why}",
         )
-    return execute_stage(
-        state.loaded,
-        request.stage,
-        request.generation,
-        request.params,
-        state.project_root,
-        capture="fd",
-    )
+    marker = _mark_running(request)
+    try:
+        return execute_stage(
+            state.loaded,
+            request.stage,
+            request.generation,
+            request.params,
+            state.project_root,
+            capture="fd",
+        )
+    finally:
+        if marker is not None:
+            with contextlib.suppress(OSError):
+                marker.unlink()
+
+
+def _mark_running(request: RunRequest) -> Path | None:
+    """Note this pid as running the stage (see :func:`running_marker`); best effort."""
+    if request.validated is None:
+        return None
+    marker = running_marker(Path(request.validated).parent, request.stage)
+    try:
+        marker.parent.mkdir(exist_ok=True)
+        marker.write_text(str(os.getpid()))
+    except OSError:
+        return None
+    return marker
 
 
 def ping() -> int:

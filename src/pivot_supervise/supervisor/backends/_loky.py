@@ -39,7 +39,14 @@ import trio
 from loky.process_executor import ShutdownExecutorError
 
 from ...pipeline._model import StageOutcome
-from ...workers._messages import LoadReply, LoadRequest, RunRequest, WarmReply, WarmRequest
+from ...workers._messages import (
+    LoadReply,
+    LoadRequest,
+    RunRequest,
+    WarmReply,
+    WarmRequest,
+    running_marker,
+)
 from ...workers._overlay import VALIDATED_FILE
 from ...workers._tasks import GATE_FILE, load_generation, run_stage, warm_up
 from .._bridge import wait_future
@@ -372,8 +379,10 @@ class LokyBackend:
             future = gen.executor.submit(run_stage, request)
             return StageResult(await wait_future(future))
         except concurrent.futures.process.BrokenProcessPool as exc:
-            reason = f"a worker process died while running it ({_exit_codes(exc)})"
-            return StageResult(_failed(request, reason), worker_lost=True)
+            pid = _crashed_pid(gen.directory, request.stage)
+            where = f"worker {pid}" if pid else "a worker process"
+            reason = f"{where} died while running it ({_exit_codes(exc)})"
+            return StageResult(_failed(request, reason, pid=pid), worker_lost=True)
         except (ShutdownExecutorError, RuntimeError, concurrent.futures.CancelledError):
             return StageResult(_failed(request, "its generation was retired while it ran"))
 
@@ -409,11 +418,19 @@ def _verdict(
     return GenerationLoaded(generation, reply.snapshot, pids)
 
 
-def _failed(request: RunRequest, why: str) -> StageOutcome:
+def _crashed_pid(directory: Path, stage: str) -> int:
+    """The pid a crashed stage was running on, from its worker's marker (0: unknown)."""
+    try:
+        return int(running_marker(directory, stage).read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _failed(request: RunRequest, why: str, *, pid: int = 0) -> StageOutcome:
     return StageOutcome(
         stage=request.stage,
         generation=request.generation,
-        pid=0,
+        pid=pid,
         status="failed",
         duration_ms=0.0,
         error=f"stage '{request.stage}' did not finish: {why}",
