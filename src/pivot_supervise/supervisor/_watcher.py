@@ -17,7 +17,6 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-import structlog
 import trio
 import watchfiles
 
@@ -25,8 +24,6 @@ from ..pipeline._model import FileSignature
 from ._classify import PathClassifier, PathKind
 from ._config import Config
 from ._core import FileChange, FilesChanged
-
-log = structlog.get_logger("pivot_supervise.watcher")
 
 #: watchfiles' quiet period: a burst ends after this many ms without a new change.
 STEP_MS = 10
@@ -89,7 +86,9 @@ class ProjectWatcher:
             ):
                 changed = self.classify(batch)
                 if changed is not None:
-                    log.debug("files changed", paths=[c.path for c in changed.changes])
+                    # No log line here: a log redirected into the project is itself a
+                    # changed file, and logging it would loop.  The core publishes the
+                    # changes that matter (``files_changed``).
                     await send.send(changed)
         finally:
             # On a crash path nobody else sets it, and awatch would then delay exit.
