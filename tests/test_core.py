@@ -540,3 +540,28 @@ def test_forcing_an_unknown_stage_is_an_error_naming_it():
     actions = h.load(h.started_gen(h.feed(request)))
     assert "'trian'" in events(actions, "error")[0].event.get("message")
     assert isinstance(only(actions, Exit), Exit)
+
+
+def test_with_no_working_generation_a_data_change_says_so_and_restarts_nothing():
+    h = Harness(RunOptions(parallel=True, max_workers=1, on_error="keep-going"), cpu_count=1)
+    start = h.started_gen(h.start())
+    clean = run_actions(h.load(start))[0]
+    fresh = h.started_gen(h.finish(clean, "failed", worker_lost=True))
+    ended = h.feed(GenerationFailed(fresh.generation, "SyntaxError: invalid syntax"))
+    assert events(ended, "run_finished"), "the run must end: nothing can run it"
+    changed = h.feed(FilesChanged((FileChange("data/raw.csv", False, (6, 6, 6)),)))
+    assert not [a for a in changed if isinstance(a, StartGeneration | RunStage)]
+    assert "no working generation" in events(changed, "error")[0].event.get("message")
+
+
+def test_a_run_emptied_by_a_new_pipeline_still_finishes():
+    other = build_snapshot([StageSpec("fresh", "pipeline", outs=("f",))])
+    h = Harness(RunOptions(parallel=True, max_workers=1), cpu_count=1)
+    h.up()
+    reload = h.started_gen(h.feed(RestartRequested()))
+    h.feed(FilesChanged((FileChange("data/raw.csv", False, (6, 6, 6)),)))
+    assert h.core.run is not None  # held while the restart loads
+    loaded = h.load(reload, other)
+    done = h.drain(loaded)
+    assert events(loaded + done, "run_finished")
+    assert h.core.run is None

@@ -454,7 +454,8 @@ class SupervisorCore:
                 self._loading = None
                 reason = f"resized: {wanted} workers fit {len(loaded.snapshot)} stages"
                 discarded = _discarded(loaded.generation, reason)
-                return [Retire(loaded.generation), discarded, *self._reload(self._loading_trigger)]
+                resized = self._start_generation(self._loading_trigger)
+                return [Retire(loaded.generation), discarded, *resized]
         return self._promote(loaded, graph)
 
     def _on_generation_failed(self, failed: GenerationFailed) -> list[Action]:
@@ -481,8 +482,24 @@ class SupervisorCore:
         )
         if self.active is None and not self.watch:
             return [*actions, *self._exit(1)]
+        if self.active is not None and not self._active_healthy:
+            # The active pool crashed and its replacement did not load: nothing can run.
+            return actions + self._abandon_pending("no working generation: " + failed.error)
         # The last good generation keeps serving what was held back for the reload.
         return actions + self._dispatch()
+
+    def _abandon_pending(self, reason: str) -> list[Action]:
+        """Report every pending stage cancelled, and end the run if nothing runs."""
+        run = self.run
+        if run is None:
+            return []
+        actions: list[Action] = [
+            self._finish(name, "cancelled", None, reason=reason)
+            for name in self._sorted(run.pending)
+        ]
+        run.pending.clear()
+        run.rerun_after.clear()
+        return actions + self._maybe_finish_run()
 
     def _on_stage_finished(self, finished: StageFinished) -> list[Action]:
         attempt = self._attempts.pop(finished.attempt, None)
@@ -507,7 +524,7 @@ class SupervisorCore:
             actions.append(self._finish(attempt.stage, "unchanged", outcome))
         else:
             actions.append(self._finish(attempt.stage, "failed", outcome))
-        self._wake(self._downstream_of(attempt.stage))
+        self._wake(self._neighbours_of(attempt.stage))
         if attempt.stage in run.rerun_after:
             run.rerun_after.discard(attempt.stage)
             self._requeue(run, attempt.stage)
@@ -583,6 +600,7 @@ class SupervisorCore:
         if self.run is not None:
             # The order may have changed with the pipeline: rebuild the ready heap.
             self.run.pending &= set(graph.order)
+            self.run.rerun_after &= set(graph.order)
             self.run.ready.clear()
             self.run.in_ready.clear()
             self._wake(self.run.pending)
@@ -631,10 +649,19 @@ class SupervisorCore:
         force: bool | frozenset[str] = False,
     ) -> list[Action]:
         assert self.options is not None and self.graph is not None
+        if self.active is not None and not self._active_healthy and self._loading is None:
+            # The pool crashed and its replacement did not load: nothing could run.
+            return [
+                _error(
+                    "no working generation: the workers crashed and the replacement did "
+                    f"not load ({self.last_error}); fix the code and save, or restart"
+                )
+            ]
         scope = set(self._scope_names())
         wanted = [s for s in self.graph.sort(stages) if s in scope]
         if not wanted:
-            return []
+            # Nothing to add; a run the new pipeline emptied still has to end.
+            return self._dispatch()
         actions: list[Action] = []
         run = self.run
         if run is None:
@@ -664,6 +691,8 @@ class SupervisorCore:
         return actions + self._dispatch()
 
     def _requeue(self, run: _Run, name: str) -> None:
+        if name not in self._position:
+            return  # the current pipeline no longer has it
         run.pending.add(name)
         for done in (run.ok, run.failed, run.skipped, run.unchanged, run.cancelled):
             done.discard(name)
@@ -675,7 +704,7 @@ class SupervisorCore:
         if run is None or self.graph is None:
             return
         for name in names:
-            if name in run.pending and name not in run.in_ready:
+            if name in run.pending and name not in run.in_ready and name in self._position:
                 run.in_ready.add(name)
                 heapq.heappush(run.ready, (self._position[name], name))
 
@@ -683,6 +712,12 @@ class SupervisorCore:
         if self.graph is None or name not in self.graph:
             return frozenset()
         return self.graph.downstream(name)
+
+    def _neighbours_of(self, name: str) -> frozenset[str]:
+        """The stages a finished ``name`` may have been holding back, either way."""
+        if self.graph is None or name not in self.graph:
+            return frozenset()
+        return self.graph.downstream(name) | self.graph.upstream(name)
 
     def _can_dispatch(self) -> bool:
         # While a replacement generation loads, the active one's results would be stale
@@ -712,6 +747,9 @@ class SupervisorCore:
                     continue
                 upstream = self.graph.upstream(name)
                 if any(run.is_outstanding(u) for u in upstream):
+                    continue
+                # Do not rewrite what a running stage is reading; it wakes us when done.
+                if any(d in run.running for d in self.graph.downstream(name)):
                     continue
                 blocked = sorted(
                     u for u in upstream if u in run.failed | run.skipped | run.cancelled
@@ -785,6 +823,8 @@ class SupervisorCore:
                 self._requeue(run, stage)
                 continue
             actions.append(self._finish(stage, "cancelled", None, reason=reason))
+            # Whatever waited on it must be reconsidered (skipped, if it cannot run now).
+            self._wake(self._neighbours_of(stage))
         if cancelled:
             actions.insert(0, CancelAttempts(tuple(cancelled)))
         return actions
@@ -882,9 +922,9 @@ class SupervisorCore:
         return set(graph.downstream_closure(affected)), paths
 
     def _sorted(self, names: Iterable[str]) -> list[str]:
-        if self.graph is None:
-            return sorted(names)
-        return self.graph.sort(names)
+        """In pipeline order; names the current pipeline no longer has come last."""
+        last = len(self._position)
+        return sorted(names, key=lambda name: (self._position.get(name, last), name))
 
 
 def _publish(name: str, **fields: Any) -> Publish:
