@@ -111,3 +111,29 @@ async def test_deleting_an_output_reruns_its_producer_and_consumers(
         assert (project / "greeting.txt").read_text() == "hi"
         results = [e for e in events.since(mark, "stage_finished")]
         assert {e.get("pid") for e in results} <= set(ready.get("workers"))
+
+
+async def test_a_changed_params_setting_is_loaded_and_a_bad_one_keeps_the_old_generation(
+    make_project: ProjectFactory,
+) -> None:
+    project = make_project(
+        {**PARAMS_PROJECT, "loud.toml": '[greet]\nword = "hey"\n', "pivot-supervise.toml": ""}
+    )
+    config = project / "pivot-supervise.toml"
+    async with supervising(project, max_workers=1, incremental=True) as session:
+        events = session.events
+        await events.wait_for("run_finished")
+
+        config.write_text('params = "loud.toml"\n')
+        await events.wait_for("generation_ready")
+        ran = await events.wait_for(named("stage_finished", stage="greet"))
+        assert ran.get("status") == "ok" and ran.get("reason") == "params changed"
+        await events.wait_for("run_finished")
+        assert (project / "loud.txt").read_text() == "HEY"
+
+        config.write_text("max_workers = 0\n")
+        failed = await events.wait_for("reload_failed")
+        assert "max_workers" in failed.get("error") and "pivot-supervise.toml" in failed.get(
+            "error"
+        )
+        assert failed.get("active_generation") == 2

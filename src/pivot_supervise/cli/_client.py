@@ -237,7 +237,7 @@ async def follow(
                     emit(render(event))
         except (NoSupervisor, ConnectionClosed, HandshakeError, OSError):
             pass
-        note = f"supervisor (pid {info.pid}) gone; waiting for the next one on {project}"
+        note = f"supervisor (pid {info.pid}) gone; waiting for the next one on {project.resolve()}"
         print(f"pivot-supervise events: {note}", file=sys.stderr, flush=True)
         info = await _next_supervisor(project, info)
 

@@ -202,3 +202,16 @@ _CHECKS: dict[str, Callable[[Path, str, object], object]] = {
     "preload": _module_names,
 }
 _ACCEPTED = frozenset({*_CHECKS, "max-workers", "debounce-ms"})
+
+
+def pipeline_files(config: Config) -> tuple[str, str]:
+    """The pipeline and params files as the project's configuration says *now*.
+
+    Each new generation reads them again, so that saving a changed ``pipeline`` or
+    ``params`` setting during ``watch`` loads the files it names (a bad value is then a
+    failed reload, and the last good generation keeps serving).  The other settings
+    (watch and ignore globs, max_workers, debounce_ms) are read once, at start.
+    Raises :class:`ConfigError`.
+    """
+    current = load_config(config.project_root)
+    return current.pipeline, current.params

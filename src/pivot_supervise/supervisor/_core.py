@@ -452,7 +452,8 @@ class SupervisorCore:
             if len(loaded.workers) != wanted:
                 # The size was chosen before this pipeline was known; build one that fits.
                 self._loading = None
-                reason = f"resized: {wanted} workers fit {len(loaded.snapshot)} stages"
+                count = len(loaded.snapshot)
+                reason = f"resized: {_plural(wanted, 'worker')} fit {_plural(count, 'stage')}"
                 discarded = _discarded(loaded.generation, reason)
                 resized = self._start_generation(self._loading_trigger)
                 return [Retire(loaded.generation), discarded, *resized]
@@ -538,7 +539,7 @@ class SupervisorCore:
     def _on_cancel(self) -> list[Action]:
         run = self.run
         if run is None:
-            return [_publish("error", message="nothing to cancel: no run in progress")]
+            return []  # nothing to cancel; the caller learns it from status (run: null)
         actions: list[Action] = []
         for name in self._sorted(run.pending):
             actions.append(self._finish(name, "cancelled", None, reason="cancel requested"))
@@ -929,6 +930,10 @@ class SupervisorCore:
 
 def _publish(name: str, **fields: Any) -> Publish:
     return Publish(Event(name, fields))
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _discarded(generation: int, reason: str) -> Publish:

@@ -63,7 +63,9 @@ def _reload_started(e: Event, _: bool) -> list[str]:
 
 def _generation_ready(e: Event, _: bool) -> list[str]:
     pids = ", ".join(str(p) for p in e.get("workers", []))
-    where = f"{len(e.get('workers', []))} workers (pids {pids})" if pids else "in-process"
+    count = len(e.get("workers", []))
+    noun = "worker (pid" if count == 1 else "workers (pids"
+    where = f"{count} {noun} {pids})" if pids else "in-process"
     return [
         f"generation {e.get('generation')} ready: {where}, "
         f"{e.get('stages')} stages ({e.get('trigger')})"

@@ -19,7 +19,7 @@ from ...pipeline._model import StageOutcome
 from ...workers._loader import LoadedPipeline, PipelineLoadError, load_pipeline
 from ...workers._messages import RunRequest
 from ...workers._runner import execute_stage
-from .._config import Config
+from .._config import Config, ConfigError, pipeline_files
 from .._core import GenerationFailed, GenerationLoaded
 from ._base import StageResult
 
@@ -38,10 +38,15 @@ class InlineBackend:
         await trio.sleep_forever()
 
     async def load(self, generation: int, workers: int) -> GenerationLoaded | GenerationFailed:
+        try:
+            pipeline_file, params_file = pipeline_files(self._config)
+        except ConfigError as exc:
+            return GenerationFailed(generation, f"configuration: {exc}")
+
         def load() -> LoadedPipeline:
             # Stages run with the project root as working directory, as in a worker.
             os.chdir(self._root)
-            return load_pipeline(self._root, self._config.pipeline, self._config.params)
+            return load_pipeline(self._root, pipeline_file, params_file)
 
         try:
             loaded = await trio.to_thread.run_sync(load)

@@ -50,7 +50,7 @@ from ...workers._messages import (
 from ...workers._overlay import VALIDATED_FILE
 from ...workers._tasks import GATE_FILE, load_generation, run_stage, warm_up
 from .._bridge import wait_future
-from .._config import Config
+from .._config import Config, ConfigError, pipeline_files
 from .._core import GenerationFailed, GenerationLoaded
 from ._base import StageResult
 from ._procs import KILL_GRACE_S, WORKER_ENV, new_executor, reap, shut_down, sigint_blocked
@@ -202,12 +202,16 @@ class LokyBackend:
                 self._standby.want(self._next_size(workers, result))
 
     async def _load(self, generation: int, workers: int) -> GenerationLoaded | GenerationFailed:
+        try:
+            pipeline_file, params_file = pipeline_files(self._config)
+        except ConfigError as exc:
+            return GenerationFailed(generation, f"configuration: {exc}")
         directory = Path(tempfile.mkdtemp(prefix=f"pivot-supervise-g{generation}-"))
         request = LoadRequest(
             generation=generation,
             project_root=str(self._root),
-            pipeline_file=self._config.pipeline,
-            params_file=self._config.params,
+            pipeline_file=pipeline_file,
+            params_file=params_file,
             generation_dir=str(directory),
             load_slots=_load_slots(),
         )
