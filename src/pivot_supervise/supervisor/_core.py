@@ -325,10 +325,6 @@ class SupervisorCore:
             return "broken"
         return "idle"
 
-    @property
-    def loading_generation(self) -> int | None:
-        return self._loading
-
     def status(self) -> dict[str, Any]:
         """A plain-data picture of the session, for status queries (the API, tests)."""
         run = self.run

@@ -38,6 +38,8 @@ class Check:
 
     decision: Decision
     state: StageState
+    #: Whether the store held a record of the stage's last success.
+    recorded: bool = False
 
 
 class Incremental:
@@ -78,14 +80,12 @@ class Incremental:
         """Decide whether ``spec`` must run now."""
         state = self.current_state(spec)
         record = self.store.record(spec.name)
-        return Check(decide(state, _baseline(record), force=force), state)
+        return Check(decide(state, _baseline(record), force=force), state, record is not None)
 
     def prepare(self, spec: StageSpec, *, force: bool = False) -> Check:
         """Decide; if the stage must run, forget its record first (one trip off-thread)."""
-        state = self.current_state(spec)
-        record = self.store.record(spec.name)
-        check = Check(decide(state, _baseline(record), force=force), state)
-        if check.decision.run and record is not None:
+        check = self.check(spec, force=force)
+        if check.decision.run and check.recorded:
             self.before_run(spec)
         return check
 

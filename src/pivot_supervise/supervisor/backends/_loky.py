@@ -162,14 +162,6 @@ class LokyBackend:
         finally:
             self._nursery = None
 
-    @property
-    def standby_enabled(self) -> bool:
-        return self._standby is not None
-
-    def standby_pids(self) -> tuple[int, ...]:
-        """The ready standby's worker pids (empty when none is ready or it is disabled)."""
-        return self._standby.ready_pids() if self._standby is not None else ()
-
     async def wait_standby(self) -> ReadyStandby:
         """Wait until a standby of the expected size is ready; its pids and fill time.
 

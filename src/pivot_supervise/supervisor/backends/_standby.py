@@ -114,10 +114,6 @@ class StandbyKeeper:
         await self._shutdown(ready.executor)
         return None
 
-    def ready_pids(self) -> tuple[int, ...]:
-        """The pids of the ready standby's workers (empty when none is ready)."""
-        return self._ready.pids if self._ready is not None else ()
-
     async def wait_ready(self) -> Standby:
         """Wait until a standby of the wanted size is ready and no refill is pending.
 
