@@ -69,19 +69,12 @@ from pivot_supervise.supervisor._core import (
     StartGeneration,
     SupervisorCore,
 )
+from test_core import CHAIN
 
 # ----------------------------------------------------------------- the pipelines
 
 # raw.csv -> clean -> clean.csv -> train -> model.json -> report; lint on its own.
-CHAIN = build_snapshot(
-    [
-        StageSpec("clean", "pipeline", deps=("data/raw.csv",), outs=("data/clean.csv",)),
-        StageSpec("train", "pipeline", deps=("data/clean.csv",), outs=("model.json",)),
-        StageSpec("report", "pipeline", deps=("model.json",), outs=("report.txt",)),
-        StageSpec("lint", "pipeline", deps=("style.toml",), outs=("lint.txt",)),
-    ]
-)
-# The same chain without lint: one stage fewer, so a pool sized for CHAIN may not fit.
+# CHAIN (from test_core) without lint: one stage fewer, so a pool sized for CHAIN may not fit.
 SHORT = build_snapshot([s for s in CHAIN.stages if s.name != "lint"])
 # The same names, other edges: train reads style.toml, lint reads report's output.
 REWIRED = build_snapshot(
