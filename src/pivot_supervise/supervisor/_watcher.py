@@ -84,7 +84,8 @@ class ProjectWatcher:
                 stop_event=self.stop_event,
                 rust_timeout=1000,
             ):
-                changed = self.classify(batch)
+                # Stats every path (and walks an added directory): off the trio thread.
+                changed = await trio.to_thread.run_sync(self.classify, batch)
                 if changed is not None:
                     # No log line here: a log redirected into the project is itself a
                     # changed file, and logging it would loop.  The core publishes the

@@ -39,7 +39,7 @@ class InlineBackend:
 
     async def load(self, generation: int, workers: int) -> GenerationLoaded | GenerationFailed:
         try:
-            pipeline_file, params_file = pipeline_files(self._config)
+            pipeline_file, params_file = await trio.to_thread.run_sync(pipeline_files, self._config)
         except ConfigError as exc:
             return GenerationFailed(generation, f"configuration: {exc}")
 

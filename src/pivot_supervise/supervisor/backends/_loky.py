@@ -195,7 +195,7 @@ class LokyBackend:
 
     async def _load(self, generation: int, workers: int) -> GenerationLoaded | GenerationFailed:
         try:
-            pipeline_file, params_file = pipeline_files(self._config)
+            pipeline_file, params_file = await trio.to_thread.run_sync(pipeline_files, self._config)
         except ConfigError as exc:
             return GenerationFailed(generation, f"configuration: {exc}")
         directory = Path(tempfile.mkdtemp(prefix=f"pivot-supervise-g{generation}-"))
