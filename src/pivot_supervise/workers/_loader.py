@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, cast
 
-from pivot_supervise.pipeline._dag import PipelineGraph, build_snapshot
+from pivot_supervise.pipeline._dag import PipelineGraph
 from pivot_supervise.pipeline._errors import PipelineError
 from pivot_supervise.pipeline._model import PipelineSnapshot, StageSpec
 from pivot_supervise.pipeline._paths import normalize_stage_path
@@ -74,8 +74,13 @@ class LoadedPipeline:
     params_source: bytes | None = None
 
 
-def load_pipeline(project_root: Path, pipeline_file: str, params_file: str) -> LoadedPipeline:
+def load_pipeline(
+    project_root: Path, pipeline_file: str, params_file: str, *, fingerprints: bool = True
+) -> LoadedPipeline:
     """Import ``pipeline_file`` (relative to ``project_root``) and validate the pipeline.
+
+    With ``fingerprints=False`` the stages carry no code or params fingerprints (what a
+    benchmark needs to time the load without them; incremental runs need them).
 
     Project code is always compiled from source (see :mod:`._imports`), and project
     modules imported by an earlier load in this process are purged first, so the load
@@ -84,7 +89,7 @@ def load_pipeline(project_root: Path, pipeline_file: str, params_file: str) -> L
     """
     root = project_root.resolve()
     try:
-        return _load(root, pipeline_file, params_file)
+        return _load(root, pipeline_file, params_file, fingerprints=fingerprints)
     except PipelineLoadError:
         raise
     except PipelineError as exc:
@@ -143,7 +148,12 @@ def _difference(validated: PipelineSnapshot, loaded: PipelineSnapshot) -> str | 
 
 
 def _load(
-    root: Path, pipeline_file: str, params_file: str, overlay: SourceOverlay | None = None
+    root: Path,
+    pipeline_file: str,
+    params_file: str,
+    overlay: SourceOverlay | None = None,
+    *,
+    fingerprints: bool = True,
 ) -> LoadedPipeline:
     module_name = _module_name(root, pipeline_file, must_exist=overlay is None)
     root_entry = str(root)
@@ -192,10 +202,11 @@ def _load(
                 "and which does not exist yet"
             )
     # A load from a validated overlay keeps the validated fingerprints (see load_validated).
-    stages = (
-        graph.stages if overlay is not None else _with_fingerprints(graph.stages, functions, root)
-    )
-    snapshot = build_snapshot(stages, warnings=warnings, code_digest=_code_digest(root))
+    stages = graph.stages
+    if overlay is None and fingerprints:
+        stages = tuple(_with_fingerprints(stages, functions, root))
+    # Validated and ordered already: no second graph.
+    snapshot = PipelineSnapshot(stages, tuple(warnings), _code_digest(root))
     return LoadedPipeline(
         snapshot=snapshot, functions=functions, project_root=root, params_source=params_source
     )
