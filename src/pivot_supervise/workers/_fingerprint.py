@@ -117,15 +117,19 @@ def _json_default(value: object) -> object:
 
 
 def fingerprint_stages(
-    functions: Mapping[str, Callable[..., Any]], project_root: Path
+    functions: Mapping[str, Callable[..., Any]],
+    project_root: Path,
+    *,
+    modules: Mapping[str, Path] | None = None,
 ) -> dict[str, StageFingerprint]:
     """Fingerprint every stage function of a loaded pipeline.
 
     ``functions`` maps stage names to the functions the loader found; ``project_root``
     decides what is project code (modules whose file is under it, outside any virtualenv
-    in it).  Call it right after the load, in the process that imported the pipeline.
+    in it).  ``modules`` are those project modules, if the caller already scanned for
+    them.  Call it right after the load, in the process that imported the pipeline.
     """
-    graph = _Graph(project_root)
+    graph = _Graph(project_root, modules)
     roots = {name: graph.root(name, func) for name, func in functions.items()}
     graph.build()
     reach = graph.reachable_sets()
@@ -191,9 +195,9 @@ class _CodeInfo:
 class _Graph:
     """Project objects as nodes; an edge means "references"."""
 
-    def __init__(self, project_root: Path) -> None:
+    def __init__(self, project_root: Path, modules: Mapping[str, Path] | None = None) -> None:
         self._root = project_root.resolve()
-        self._modules = project_module_files(self._root)
+        self._modules = project_module_files(self._root) if modules is None else modules
         self.nodes: list[_Node] = []
         self._by_id: dict[int, int] = {}
         self._consts: dict[tuple[str, str], int] = {}

@@ -18,7 +18,7 @@ import sys
 import tomllib
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, cast
@@ -72,6 +72,9 @@ class LoadedPipeline:
     project_root: Path
     #: The params file's bytes as the load read them (``None``: there was none).
     params_source: bytes | None = None
+    #: The project modules the load imported, by name (scanned once, shared by the
+    #: fingerprints, the code digest and the validated source overlay).
+    modules: Mapping[str, Path] = field(default_factory=dict[str, Path])
 
 
 def load_pipeline(
@@ -202,21 +205,29 @@ def _load(
                 "and which does not exist yet"
             )
     # A load from a validated overlay keeps the validated fingerprints (see load_validated).
+    modules = project_module_files(root)
     stages = graph.stages
     if overlay is None and fingerprints:
-        stages = tuple(_with_fingerprints(stages, functions, root))
+        stages = tuple(_with_fingerprints(stages, functions, root, modules))
     # Validated and ordered already: no second graph.
-    snapshot = PipelineSnapshot(stages, tuple(warnings), _code_digest(root))
+    snapshot = PipelineSnapshot(stages, tuple(warnings), _code_digest(modules))
     return LoadedPipeline(
-        snapshot=snapshot, functions=functions, project_root=root, params_source=params_source
+        snapshot=snapshot,
+        functions=functions,
+        project_root=root,
+        params_source=params_source,
+        modules=modules,
     )
 
 
 def _with_fingerprints(
-    specs: Sequence[StageSpec], functions: Mapping[str, StageFunction], root: Path
+    specs: Sequence[StageSpec],
+    functions: Mapping[str, StageFunction],
+    root: Path,
+    modules: Mapping[str, Path],
 ) -> list[StageSpec]:
     """Each spec with its code and params fingerprints, computed here, next to the code."""
-    prints = fingerprint_stages(functions, root)
+    prints = fingerprint_stages(functions, root, modules=modules)
     return [
         dataclasses.replace(
             spec,
@@ -330,10 +341,10 @@ def _takes_params(registration: Registration) -> bool:
     return takes
 
 
-def _code_digest(root: Path) -> str:
+def _code_digest(modules: Mapping[str, Path]) -> str:
     """sha256 over (module name, source) of every project module the load imported."""
     digest = hashlib.sha256()
-    for name, file in sorted(project_module_files(root).items()):
+    for name, file in sorted(modules.items()):
         digest.update(name.encode())
         digest.update(b"\0")
         digest.update(source_digest(file).encode())

@@ -29,7 +29,7 @@ import os
 import pickle
 import sys
 import tempfile
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,16 +89,20 @@ class ValidatedPipeline:
     snapshot: PipelineSnapshot
 
 
-def capture_overlay(project_root: Path, params: bytes | None) -> SourceOverlay:
+def capture_overlay(
+    project_root: Path, params: bytes | None, imported: Mapping[str, Path] | None = None
+) -> SourceOverlay:
     """The overlay of every project module imported in this process so far.
 
     Call it right after a load.  A module our loader did not compile (an extension
     module, a ``.pyc``-only module) has no source to record; it is left out and read
-    from disk by the other workers, as it always was.
+    from disk by the other workers, as it always was.  ``imported`` are the project
+    modules, if the caller already scanned for them.
     """
     root = project_root.resolve()
     modules: list[OverlayModule] = []
-    for name, file in sorted(project_module_files(root).items()):
+    found = project_module_files(root) if imported is None else imported
+    for name, file in sorted(found.items()):
         source = compiled_source(file)
         if source is None:
             continue

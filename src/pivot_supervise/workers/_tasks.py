@@ -237,7 +237,7 @@ def _validate(request: LoadRequest, pid: int) -> _WorkerState:
             project_root=str(loaded.project_root),
             pipeline_file=request.pipeline_file,
             params_file=request.params_file,
-            overlay=capture_overlay(loaded.project_root, loaded.params_source),
+            overlay=capture_overlay(loaded.project_root, loaded.params_source, loaded.modules),
             snapshot=loaded.snapshot,
         )
         write_validated(Path(request.generation_dir), validated)
