@@ -97,14 +97,21 @@ def decide(state: StageState, record: Baseline | None, *, force: bool = False) -
     return Decision(bool(reasons), tuple(reasons), tuple(hand_edited))
 
 
+def diff_parts(
+    old: Mapping[str, str], new: Mapping[str, str]
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """``(changed, added, removed)`` names between two ``parts`` mappings, each sorted."""
+    changed = tuple(sorted(k for k in new.keys() & old.keys() if new[k] != old[k]))
+    added = tuple(sorted(new.keys() - old.keys()))
+    removed = tuple(sorted(old.keys() - new.keys()))
+    return changed, added, removed
+
+
 def _code_reasons(state: StageState, record: Baseline) -> list[str]:
     if state.code == record.code:
         return []
-    changed = sorted(
-        name for name, digest in state.functions.items() if record.functions.get(name) != digest
-    )
-    removed = sorted(set(record.functions) - set(state.functions))
-    if changed or removed:
-        names = ", ".join(changed + removed)
+    changed, added, removed = diff_parts(record.functions, state.functions)
+    if changed or added or removed:
+        names = ", ".join([*sorted(changed + added), *removed])
         return [f"code changed: {names}"]
     return ["code changed"]

@@ -62,6 +62,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from pivot_supervise.pipeline._freshness import diff_parts
+
 from ._imports import is_project_file, project_module_files
 
 __all__ = ["StageFingerprint", "diff_parts", "fingerprint_stages", "params_digest"]
@@ -80,16 +82,6 @@ class StageFingerprint:
     code: str
     functions: tuple[str, ...] = ()
     parts: Mapping[str, str] = field(default_factory=dict[str, str], hash=False, compare=True)
-
-
-def diff_parts(
-    old: Mapping[str, str], new: Mapping[str, str]
-) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """``(changed, added, removed)`` names between two ``parts`` mappings, each sorted."""
-    changed = tuple(sorted(k for k in new.keys() & old.keys() if new[k] != old[k]))
-    added = tuple(sorted(new.keys() - old.keys()))
-    removed = tuple(sorted(old.keys() - new.keys()))
-    return changed, added, removed
 
 
 def params_digest(params: Mapping[str, Any] | None) -> str:
