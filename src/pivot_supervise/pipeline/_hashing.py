@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RACY_WINDOW_NS", "CacheRow", "ContentHasher", "HasherStats"]
+__all__ = ["RACY_WINDOW_NS", "CacheRow", "ContentHasher", "HasherStats", "walk_files"]
 
 #: An entry is trusted only if the file was hashed this long after its mtime.
 RACY_WINDOW_NS = 2_000_000_000
@@ -162,7 +162,7 @@ class ContentHasher:
     def _hash_dir(self, full: str) -> str:
         listing = hashlib.blake2b(digest_size=32)
         listing.update(b"dir\0")
-        for relative, path in _walk_files(full):
+        for relative, path in walk_files(full):
             digest = self.hash_file(path)
             if digest is None:  # vanished between listing and hashing
                 continue
@@ -226,8 +226,11 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def _walk_files(top: str) -> list[tuple[str, str]]:
+def walk_files(top: str) -> list[tuple[str, str]]:
     """``(relative posix path, absolute path)`` of every file under ``top``, sorted.
+
+    What a directory dep or output consists of: its content hash and the stat
+    signatures of the pipeline's own writes both use it, so they cover the same files.
 
     Symlinked files are hashed by content; symlinked directories are not entered (a
     link cycle would never end, and a link out of the project is not its content).

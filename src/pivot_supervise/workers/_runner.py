@@ -17,12 +17,13 @@ import inspect
 import os
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from pivot_supervise.pipeline._hashing import walk_files
 from pivot_supervise.pipeline._model import FileSignature, PipelineSnapshot, StageOutcome
 from pivot_supervise.pipeline._paths import paths_overlap
 
@@ -150,20 +151,13 @@ def output_signatures(root: Path, outs: tuple[str, ...]) -> dict[str, FileSignat
     for out in outs:
         path = root / out
         if path.is_dir():
-            for file in _walk_files(path):
-                _record(signatures, root, file)
+            for _, file in walk_files(str(path)):
+                _record(signatures, root, Path(file))
         elif path.exists():
             _record(signatures, root, path)
         else:
             raise _StageFailed(f"stage did not write its output {out!r}")
     return signatures
-
-
-def _walk_files(directory: Path) -> Iterator[Path]:
-    for current, dirnames, filenames in os.walk(directory):
-        dirnames.sort()
-        for name in sorted(filenames):
-            yield Path(current, name)
 
 
 def _record(signatures: dict[str, FileSignature], root: Path, file: Path) -> None:
