@@ -98,10 +98,15 @@ class WarmReply:
     error: str | None = None
 
 
+def running_dir(generation_dir: Path) -> Path:
+    """Where the workers of a generation note which stage each runs (made with it)."""
+    return generation_dir / "running"
+
+
 def running_marker(generation_dir: Path, stage: str) -> Path:
     """Where a worker notes its pid while it runs ``stage`` of a generation.
 
     loky does not say which worker died when its pool breaks; the supervisor reads this
     marker to name the pid that a crashed stage was running on.
     """
-    return generation_dir / "running" / stage
+    return running_dir(generation_dir) / stage

@@ -379,8 +379,7 @@ def _mark_running(request: RunRequest) -> Path | None:
         return None
     marker = running_marker(Path(request.validated).parent, request.stage)
     try:
-        marker.parent.mkdir(exist_ok=True)
-        marker.write_text(str(os.getpid()))
+        marker.write_text(str(os.getpid()))  # its directory comes with the generation
     except OSError:
         return None
     return marker

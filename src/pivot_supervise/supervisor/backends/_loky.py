@@ -45,6 +45,7 @@ from ...workers._messages import (
     RunRequest,
     WarmReply,
     WarmRequest,
+    running_dir,
     running_marker,
 )
 from ...workers._overlay import VALIDATED_FILE
@@ -199,6 +200,7 @@ class LokyBackend:
         except ConfigError as exc:
             return GenerationFailed(generation, f"configuration: {exc}")
         directory = Path(tempfile.mkdtemp(prefix=f"pivot-supervise-g{generation}-"))
+        running_dir(directory).mkdir()  # once per generation, not once per stage
         request = LoadRequest(
             generation=generation,
             project_root=str(self._root),
