@@ -11,7 +11,7 @@ from ..pipeline._dag import PipelineGraph
 from ..supervisor._core import GenerationFailed
 from ..supervisor._incremental import Check, Incremental, explain_lines, run_json, when
 from ..supervisor._state import StateStoreError
-from ._common import Commands, add_logging, add_project, bounded_int, setup
+from ._common import EXIT_USAGE, Commands, add_logging, add_project, bounded_int, setup
 from ._stages import load_snapshot, report_load_failure
 
 
@@ -66,7 +66,7 @@ def _explain(args: argparse.Namespace) -> int:
             f"the pipeline defines: {', '.join(snapshot.names)}",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_USAGE
     wanted = graph.sort(graph.upstream_closure(args.stages) if args.stages else graph.order)
     try:
         incremental = Incremental.open(config.project_root)

@@ -13,7 +13,13 @@ import trio
 from ..supervisor._core import ON_ERROR_CHOICES, RunOptions
 from ..supervisor._events import Event
 from ..supervisor._server import DEFAULT_HOST, ApiServer, is_loopback_host
-from ..supervisor._server_file import ServerFileError, ServerInfo, live_server
+from ..supervisor._server_file import (
+    AlreadyRunning,
+    ServerFileError,
+    ServerInfo,
+    live_server,
+    server_file,
+)
 from ..supervisor._sinks import drain, human_lines, json_line
 from ..supervisor._supervisor import Service, Supervisor
 from ._common import Commands, add_logging, add_project, bounded_int, setup
@@ -196,11 +202,8 @@ def _api_refusal(project_root: Path, host: str) -> str | None:
     except ServerFileError as exc:
         return str(exc)
     if running is not None:
-        return (
-            f"another supervisor (pid {running.pid}) is already running for {project_root} "
-            f"({running.url}); stop it first, or use `pivot-supervise events`, `status`, "
-            "`trigger` or `restart` to work with it"
-        )
+        # Checked before any worker starts; the server's own claim says the same.
+        return str(AlreadyRunning(server_file(project_root), running))
     if not is_loopback_host(host):
         print(
             f"pivot-supervise watch: warning: the live API listens on {host}, reachable from "
