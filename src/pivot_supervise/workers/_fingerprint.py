@@ -166,11 +166,8 @@ class _Node:
     label: str
     kind: str
     obj: object
-    module: str = ""
-    name: str = ""
     digest: str = ""
     edges: list[int] = dataclasses.field(default_factory=list[int])
-    done: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,10 +249,8 @@ class _Graph:
     def build(self) -> None:
         """Compute every pending node's own digest and edges (discovering new nodes)."""
         while self._pending:
+            # Each node is pending exactly once: it is queued when it is created.
             node = self.nodes[self._pending.pop()]
-            if node.done:
-                continue
-            node.done = True
             edges: list[int] = []
             if node.kind == "function":
                 text = self._function_text(cast("types.FunctionType", node.obj), edges)
