@@ -10,6 +10,7 @@ pipeline running.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -17,7 +18,7 @@ import os
 import sys
 import tomllib
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -91,8 +92,15 @@ def load_pipeline(
     anything else for a problem in the user's files.
     """
     root = project_root.resolve()
-    try:
+    with _as_load_error(root):
         return _load(root, pipeline_file, params_file, fingerprints=fingerprints)
+
+
+@contextlib.contextmanager
+def _as_load_error(root: Path) -> Generator[None]:
+    """Turn whatever a load raises into one :class:`PipelineLoadError` for the user."""
+    try:
+        yield
     except PipelineLoadError:
         raise
     except PipelineError as exc:
@@ -115,19 +123,13 @@ def load_validated(validated: ValidatedPipeline) -> LoadedPipeline:
     depend on something other than its source), and the load then fails loudly.
     """
     root = Path(validated.project_root).resolve()
-    try:
+    with _as_load_error(root):
         loaded = _load(
             root,
             validated.pipeline_file,
             validated.params_file,
             overlay=validated.overlay,
         )
-    except PipelineLoadError:
-        raise
-    except PipelineError as exc:
-        raise PipelineLoadError(str(exc), _format_traceback(exc, root)) from exc
-    except (Exception, SystemExit) as exc:
-        raise PipelineLoadError(_describe(exc, root), _format_traceback(exc, root)) from exc
     difference = _difference(validated.snapshot, loaded.snapshot)
     if difference is not None:
         raise PipelineLoadError(
