@@ -70,14 +70,19 @@ def _dup_or_none(fd: int) -> int | None:
 
 @contextlib.contextmanager
 def capture_fds() -> Generator[CapturedOutput]:
-    """Point fds 1 and 2 at a temporary file for the duration of the block."""
+    """Point fds 1 and 2 at a fresh anonymous file for the duration of the block.
+
+    A fresh file per stage, so that a process a stage left behind writes into that
+    stage's file, never into a later stage's output.
+    """
     captured = CapturedOutput()
     _flush_std_streams()
-    with tempfile.TemporaryFile() as sink:
+    sink = _anonymous_file()
+    try:
         saved = {fd: _dup_or_none(fd) for fd in (1, 2)}
         try:
             for fd in saved:
-                os.dup2(sink.fileno(), fd)
+                os.dup2(sink, fd)
             yield captured
         finally:
             _flush_std_streams()
@@ -87,9 +92,29 @@ def capture_fds() -> Generator[CapturedOutput]:
                 else:
                     os.dup2(copy, fd)
                     os.close(copy)
-            total = sink.seek(0, os.SEEK_END)
-            sink.seek(max(0, total - OUTPUT_LIMIT))
-            captured.text = _tail(sink.read(), total)
+            total = os.lseek(sink, 0, os.SEEK_END)
+            start = max(0, total - OUTPUT_LIMIT)
+            captured.text = _tail(os.pread(sink, total - start, start), total) if total else ""
+    finally:
+        os.close(sink)
+
+
+def _anonymous_file() -> int:
+    """A read-write descriptor of a file that no other process can open by name.
+
+    In memory where the platform has ``memfd_create`` (Linux): creating a file on a
+    journaling file system costs some 35 us here, ten times a quick stage's own
+    overhead.  The memory is the output's size, for the stage's duration only (the tail
+    that is kept is copied out).  Elsewhere, an unlinked temporary file.
+    """
+    if hasattr(os, "memfd_create"):
+        try:
+            return os.memfd_create("pivot-supervise-stage-output", os.MFD_CLOEXEC)
+        except OSError:  # e.g. a seccomp profile that forbids it
+            pass
+    fd, name = tempfile.mkstemp(prefix="pivot-supervise-output-")
+    os.unlink(name)
+    return fd
 
 
 class _TailBuffer:
