@@ -72,9 +72,13 @@ class Harness:
         cpu_count: int = 8,
         watch: bool = True,
         stages_per_worker: int = 1,
+        quick_stages_per_worker: int | None = None,
     ) -> None:
         self.core = SupervisorCore(
-            cpu_count=cpu_count, watch=watch, stages_per_worker=stages_per_worker
+            cpu_count=cpu_count,
+            watch=watch,
+            stages_per_worker=stages_per_worker,
+            quick_stages_per_worker=quick_stages_per_worker,
         )
         self.options = options
         self.log: list[Action] = []
@@ -94,13 +98,23 @@ class Harness:
         )
         return self.feed(GenerationLoaded(start.generation, snapshot, workers))
 
-    def finish(self, run: RunStage, status: str = "ok", *, pid: int = 1, **kw: object):
+    def finish(
+        self,
+        run: RunStage,
+        status: str = "ok",
+        *,
+        pid: int = 1,
+        duration_ms: float = 1.0,
+        reason: str | None = None,
+        **kw: object,
+    ):
         outcome = StageOutcome(
             stage=run.stage,
             generation=run.generation,
             pid=pid,
             status=status,
-            duration_ms=1.0,
+            duration_ms=duration_ms,
+            reason=reason,
             error=None if status == "ok" else "ValueError: boom",
             out_signatures=kw.pop("signatures", {}),  # type: ignore[arg-type]
         )

@@ -19,7 +19,8 @@ Checked after every input (numbers as in the brief of this file):
 2. no ``stage_finished`` ``ok`` from a generation other than the active one;
 3. no ``StartGeneration`` / ``ReloadInProcess`` while another load is unanswered;
 4. at rest (everything answered), every ``run_started`` got one ``run_finished``;
-5. after a dispatch, attempts in flight <= stages_per_worker x workers (1 in-process);
+5. after a dispatch, attempts in flight <= stages per worker x workers (1 in-process),
+   the quick mode's stages per worker at most;
 6. no stage dispatched while a stage it reads from directly is in flight;
 7. watch sessions never ``Exit``; one-shot ones exit once, last, and do exit at rest;
 8. every ``reload_started`` ends in exactly one ready / failed / discarded event;
@@ -41,12 +42,15 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 
 from pivot_supervise.pipeline._dag import PipelineGraph, build_snapshot
 from pivot_supervise.pipeline._model import (
+    NOT_STARTED,
     FileSignature,
     PipelineSnapshot,
     StageOutcome,
     StageSpec,
+    not_started,
 )
 from pivot_supervise.supervisor._core import (
+    QUICK_STAGE_MS,
     Action,
     CancelAttempts,
     CancelRequested,
@@ -337,13 +341,17 @@ class Shell:
                 )
 
 
-def outcome(request: RunStage, status: str, *, sig: FileSignature | None) -> StageOutcome:
+def outcome(
+    request: RunStage, status: str, *, sig: FileSignature | None, duration_ms: float = 1.0
+) -> StageOutcome:
+    if status == NOT_STARTED:
+        return not_started(request.stage, request.generation, "an earlier stage")
     return StageOutcome(
         stage=request.stage,
         generation=request.generation,
         pid=request.generation * 100 + 1,
         status=status,
-        duration_ms=1.0,
+        duration_ms=duration_ms,
         error=None if status != "failed" else "ValueError: boom",
         out_signatures={o: sig for o in request.spec.outs} if sig and status == "ok" else {},
     )
@@ -391,6 +399,7 @@ class CoreSession(RuleBasedStateMachine):
         cpu_count=st.integers(1, 4),
         max_workers=st.none() | st.integers(1, 3),
         stages_per_worker=st.integers(1, 3),
+        quick_stages_per_worker=st.none() | st.integers(1, 4),
         on_error=st.sampled_from(["fail", "keep-going"]),
         stages=st.none() | st.lists(st.sampled_from(STAGE_NAMES), min_size=1, max_size=2),
         force=forces,
@@ -403,14 +412,19 @@ class CoreSession(RuleBasedStateMachine):
         cpu_count: int,
         max_workers: int | None,
         stages_per_worker: int,
+        quick_stages_per_worker: int | None,
         on_error: OnError,
         stages: list[str] | None,
         force: bool | frozenset[str],
     ) -> None:
         self.core = SupervisorCore(
-            cpu_count=cpu_count, watch=watch, stages_per_worker=stages_per_worker
+            cpu_count=cpu_count,
+            watch=watch,
+            stages_per_worker=stages_per_worker,
+            quick_stages_per_worker=quick_stages_per_worker,
         )
-        self.shell = Shell(parallel, watch, self.core.stages_per_worker)
+        # The quick mode's depth bounds every other.
+        self.shell = Shell(parallel, watch, self.core.quick_stages_per_worker)
         options = RunOptions(parallel=parallel, max_workers=max_workers, on_error=on_error)
         first = RunRequested(
             tuple(stages) if stages else None, options, trigger="start", force=force
@@ -442,7 +456,9 @@ class CoreSession(RuleBasedStateMachine):
 
     # --------------------------------------------------------------- attempts
 
-    def answer_attempt(self, attempt: int, status: str, sig: FileSignature | None) -> None:
+    def answer_attempt(
+        self, attempt: int, status: str, sig: FileSignature | None, duration_ms: float = 1.0
+    ) -> None:
         request = self.shell.in_flight.pop(attempt)
         if request.generation in self.shell.broken_pools:
             # A broken pool fails everything it still held.
@@ -450,17 +466,22 @@ class CoreSession(RuleBasedStateMachine):
             return
         if status == "skipped" and request.force:
             status = "ok"  # the shell never skips a forced stage
-        self.feed(StageFinished(attempt, outcome(request, status, sig=sig)))
+        result = outcome(request, status, sig=sig, duration_ms=duration_ms)
+        self.feed(StageFinished(attempt, result))
 
     @precondition(lambda self: bool(self.shell.in_flight))
     @rule(
         data=st.data(),
-        status=st.sampled_from(["ok", "ok", "failed", "skipped"]),
+        status=st.sampled_from(["ok", "ok", "failed", "skipped", NOT_STARTED]),
         sig=st.none() | signatures,
+        # Quick, the quick mode's threshold itself, and slow.
+        duration_ms=st.sampled_from([0.1, QUICK_STAGE_MS, 50.0]),
     )
-    def stage_finished(self, data: st.DataObject, status: str, sig: FileSignature | None) -> None:
+    def stage_finished(
+        self, data: st.DataObject, status: str, sig: FileSignature | None, duration_ms: float
+    ) -> None:
         attempt = data.draw(st.sampled_from(sorted(self.shell.in_flight)), label="attempt")
-        self.answer_attempt(attempt, status, sig)
+        self.answer_attempt(attempt, status, sig, duration_ms)
 
     @precondition(
         lambda self: (

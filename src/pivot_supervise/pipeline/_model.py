@@ -76,13 +76,19 @@ class PipelineSnapshot:
         return len(self.stages)
 
 
+#: The status of a stage its worker did not start (see :class:`StageOutcome`).
+NOT_STARTED = "not_started"
+
+
 @dataclass(frozen=True, slots=True)
 class StageOutcome:
     """What a worker reports after running one stage.
 
-    ``status`` is ``"ok"``, ``"failed"``, or ``"skipped"`` when the supervisor found the
-    stage up to date and did not run it; cancellation is decided by the supervisor,
-    never by the worker.  ``out_signatures`` holds the stat signature of every output
+    ``status`` is ``"ok"``, ``"failed"``, ``"skipped"`` when the supervisor found the
+    stage up to date and did not run it, or :data:`NOT_STARTED` when its worker did not
+    start it because an earlier stage of the same batch failed and the run stops at a
+    failure (the supervisor reports it skipped); cancellation is decided by the
+    supervisor, never by the worker.  ``out_signatures`` holds the stat signature of every output
     file (files under a directory output included) taken right after the stage
     returned, so that the supervisor can tell its own writes from a user's edit.
     """
@@ -98,3 +104,18 @@ class StageOutcome:
     traceback: str | None = None
     output: str = ""
     out_signatures: Mapping[str, FileSignature] = field(default_factory=dict[str, FileSignature])
+
+
+def not_started(stage: str, generation: int, failed: str) -> StageOutcome:
+    """The outcome of a stage held back because ``failed``, before it in its batch, failed.
+
+    The reason is the one the supervisor gives the stages it stops scheduling.
+    """
+    return StageOutcome(
+        stage=stage,
+        generation=generation,
+        pid=0,
+        status=NOT_STARTED,
+        duration_ms=0.0,
+        reason=f"run stopped after '{failed}' failed",
+    )

@@ -30,11 +30,21 @@ from typing import Any, Literal
 
 from ..pipeline._dag import PipelineGraph
 from ..pipeline._errors import PipelineError
-from ..pipeline._model import FileSignature, PipelineSnapshot, StageOutcome, StageSpec
+from ..pipeline._model import (
+    NOT_STARTED,
+    FileSignature,
+    PipelineSnapshot,
+    StageOutcome,
+    StageSpec,
+)
 from ._events import Event
 
 OnError = Literal["fail", "keep-going"]
 ON_ERROR_CHOICES: tuple[OnError, ...] = ("fail", "keep-going")
+
+#: A stage that ran in less than this (ms) is "quick": over before a round trip through
+#: the supervisor would be, so more of them are kept in flight (see ``capacity``).
+QUICK_STAGE_MS = 2.0
 
 
 # --------------------------------------------------------------------------- inputs
@@ -197,6 +207,11 @@ class RunStage:
     spec: StageSpec
     force: bool = False
     run_id: int = 0
+    #: Quick enough to share one trip to a worker with other quick stages (see
+    #: :meth:`SupervisorCore.capacity`); the shell may batch such stages.
+    batchable: bool = False
+    #: The run stops at a failure (``--on-error fail``): a batch stops there too.
+    stop_on_failure: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,13 +292,27 @@ class SupervisorCore:
     ``cpu_count`` caps the pool size (the shell passes ``loky.cpu_count()``).  ``watch``
     says whether the session keeps supervising after the first run (``watch``) or ends
     with an :class:`Exit` action (``run``).  ``stages_per_worker`` is how many stages
-    may be in flight per worker (queued in the pool beyond the one running).
+    may be in flight per worker (queued in the pool beyond the one running);
+    ``quick_stages_per_worker``, when given, is how many while stages are quick (see
+    :meth:`capacity`).
     """
 
-    def __init__(self, *, cpu_count: int, watch: bool, stages_per_worker: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        cpu_count: int,
+        watch: bool,
+        stages_per_worker: int = 2,
+        quick_stages_per_worker: int | None = None,
+    ) -> None:
         self.cpu_count = max(1, cpu_count)
         self.watch = watch
         self.stages_per_worker = max(1, stages_per_worker)
+        self.quick_stages_per_worker = max(
+            self.stages_per_worker, quick_stages_per_worker or self.stages_per_worker
+        )
+        #: A moving average of how long the stages that ran lately took, in ms.
+        self.typical_stage_ms: float | None = None
         self.options: RunOptions | None = None
         self.targets: tuple[str, ...] | None = None
         self.pipeline: PipelineSnapshot | None = None
@@ -503,6 +532,8 @@ class SupervisorCore:
         if attempt is None:
             return []  # already reported cancelled
         outcome = finished.outcome
+        if outcome.status in ("ok", "failed") and outcome.pid:
+            self._note_duration(outcome.duration_ms)
         actions: list[Action] = []
         run = self.run
         assert run is not None
@@ -514,6 +545,8 @@ class SupervisorCore:
                 actions += self._start_generation("worker crash")
         if attempt.generation != self.active:
             actions.append(self._finish(attempt.stage, "cancelled", outcome))
+        elif outcome.status == NOT_STARTED:
+            actions.append(self._skip(attempt.stage, outcome.reason or "not started"))
         elif outcome.status == "ok":
             self._out_signatures.update(outcome.out_signatures)
             actions.append(self._finish(attempt.stage, "ok", outcome))
@@ -736,7 +769,8 @@ class SupervisorCore:
         if self._can_dispatch():
             assert self.graph is not None and self.pipeline is not None
             assert self.active is not None
-            capacity = self._capacity() - len(run.running)
+            quick = self._quick()
+            capacity = self.capacity() - len(run.running)
             while run.ready and capacity > 0:
                 _, name = heapq.heappop(run.ready)
                 run.in_ready.discard(name)
@@ -771,19 +805,51 @@ class SupervisorCore:
                         self.pipeline[name],
                         force=name in run.forced,
                         run_id=run.run_id,
+                        batchable=quick and self._known_quick(name),
+                        stop_on_failure=run.on_error == "fail",
                     )
                 )
         return actions + self._maybe_finish_run()
 
-    def _capacity(self) -> int:
+    def capacity(self) -> int:
         """How many stages may be in flight: by default two per worker.
 
         The second stage waits in the pool's queue, so a worker that finishes picks it up
-        at once instead of idling for a round trip through the supervisor.  In-process
-        there is one slot: stages run one at a time.
+        at once instead of idling for a round trip through the supervisor.  While the
+        stages that ran lately were quick (:data:`QUICK_STAGE_MS`), up to
+        ``quick_stages_per_worker`` per worker: a stage that is over in a millisecond
+        would otherwise leave its worker idle for most of each round trip, and the shell
+        may then batch several into one trip.  In-process there is one slot: stages run
+        one at a time.
         """
         workers = len(self.active_workers)
-        return self.stages_per_worker * workers if workers else 1
+        if not workers:
+            return 1
+        per_worker = self.quick_stages_per_worker if self._quick() else self.stages_per_worker
+        return per_worker * workers
+
+    def _quick(self) -> bool:
+        typical = self.typical_stage_ms
+        return typical is not None and typical < QUICK_STAGE_MS
+
+    def _known_quick(self, name: str) -> bool:
+        """Not known to be slow: its own last run (if any) was quick too."""
+        _, duration = self.last_results.get(name, (None, None))
+        return duration is None or duration < QUICK_STAGE_MS
+
+    def _note_duration(self, duration_ms: float) -> None:
+        """Fold a stage's duration into :attr:`typical_stage_ms`.
+
+        One slow stage is enough to leave the quick mode; quick ones bring it back, each
+        halving the distance (a handful after a slow stage of seconds).
+        """
+        typical = self.typical_stage_ms
+        if typical is None:
+            self.typical_stage_ms = duration_ms
+        elif duration_ms >= QUICK_STAGE_MS:
+            self.typical_stage_ms = max(duration_ms, typical)
+        else:
+            self.typical_stage_ms = (typical + duration_ms) / 2
 
     def _maybe_finish_run(self) -> list[Action]:
         run = self.run

@@ -9,7 +9,7 @@
          |- driver     inbox -> core.handle -> actions routed to the tasks below
          |- watcher    watchfiles -> FilesChanged            (watch mode only)
          |- reloader   StartGeneration -> backend.load -> GenerationLoaded / Failed
-         |- executor   RunStage -> backend.run -> StageFinished (one waiter per stage)
+         |- executor   RunStage -> backend.run_batch -> StageFinished (a waiter per trip)
          |- pool       Retire -> backend.retire (off the trio thread)
          '- backend    backend.serve: keeps the standby generation warm (loky)
 
@@ -21,13 +21,12 @@ task that is itself waiting to hand the driver an input.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import loky
 import structlog
@@ -36,6 +35,7 @@ import trio
 from ..pipeline._freshness import Decision
 from ..pipeline._model import StageOutcome
 from ..workers._messages import RunRequest
+from ._batching import plan_batches
 from ._bus import EventBus, Subscription
 from ._config import Config
 from ._core import (
@@ -66,6 +66,10 @@ log = structlog.get_logger("pivot_supervise.supervisor")
 #: server): started with ``nursery.start(service, supervisor)``, cancelled at the end.
 Service = Callable[["Supervisor", trio.TaskStatus[None]], Awaitable[None]]
 
+_T = TypeVar("_T")
+
+#: Stages in flight per worker while stages are quick (see ``SupervisorCore.capacity``).
+QUICK_STAGES_PER_WORKER = 16
 #: Exit code after a second Ctrl-C, as shells report death by SIGINT.
 EXIT_INTERRUPTED_TWICE = 130
 #: The events the run history is kept from.
@@ -120,14 +124,18 @@ class Supervisor:
             if backend is not None
             else make_backend(config, options, standby=standby, cpu_count=cpu_count)
         )
-        self.core = SupervisorCore(cpu_count=cpu_count or loky.cpu_count(), watch=watch)
+        self.core = SupervisorCore(
+            cpu_count=cpu_count or loky.cpu_count(),
+            watch=watch,
+            quick_stages_per_worker=QUICK_STAGES_PER_WORKER,
+        )
         self.bus = EventBus()
         self.exit_code: int | None = None
         self.started = trio.Event()
         self._handle_signals = handle_signals
         self._inbox_send, self._inbox = trio.open_memory_channel[Input](math.inf)
         self._session_scope = trio.CancelScope()
-        self._waiters: dict[int, trio.CancelScope] = {}
+        self._waiters: dict[int, _Waiter] = {}
         self._watcher = ProjectWatcher(config) if watch else None
         self._services = tuple(services)
         self._use_incremental = incremental
@@ -268,16 +276,19 @@ class Supervisor:
                 await self._driver(routes)
 
     async def _driver(self, routes: _Routes) -> None:
-        async for event in self._inbox:
-            self._handled += 1
-            reply = self._replies.pop(self._handled, None)
-            if reply is not None:
-                reply.before = self.core.status()
-            for action in self.core.handle(event):
-                self._apply(action, routes)
-            if reply is not None:
-                reply.after = self.core.status()
-                reply.done.set()
+        async for first in self._inbox:
+            # Whatever else is queued too, in one turn: the stages that the finished
+            # stages free then reach the executor together, and can share trips.
+            for event in [first, *_pending(self._inbox)]:
+                self._handled += 1
+                reply = self._replies.pop(self._handled, None)
+                if reply is not None:
+                    reply.before = self.core.status()
+                for action in self.core.handle(event):
+                    self._apply(action, routes)
+                if reply is not None:
+                    reply.after = self.core.status()
+                    reply.done.set()
 
     def _apply(self, action: Action, routes: _Routes) -> None:
         match action:
@@ -320,73 +331,93 @@ class Supervisor:
     async def _executor(
         self, requests: trio.MemoryReceiveChannel[RunStage | CancelAttempts]
     ) -> None:
+        """Start stages in trips (see :mod:`._batching`), one waiter task per trip.
+
+        Everything already queued is taken at once, so that the stages one driver turn
+        dispatched can share trips; a cancel is applied in its place in that order.
+        """
         async with trio.open_nursery() as waiters:
-            async for request in requests:
-                if isinstance(request, CancelAttempts):
+            async for first in requests:
+                runs: list[RunStage] = []
+                for request in [first, *_pending(requests)]:
+                    if isinstance(request, RunStage):
+                        runs.append(request)
+                        continue
+                    self._start_trips(waiters, runs)
+                    runs = []
                     for attempt in request.attempts:
-                        scope = self._waiters.pop(attempt, None)
-                        if scope is not None:
-                            scope.cancel()
-                    continue
-                scope = trio.CancelScope()
-                self._waiters[request.attempt] = scope
-                waiters.start_soon(self._wait_for_stage, request, scope)
+                        waiter = self._waiters.pop(attempt, None)
+                        if waiter is not None:
+                            waiter.cancel(attempt)
+                self._start_trips(waiters, runs)
 
-    async def _wait_for_stage(self, request: RunStage, scope: trio.CancelScope) -> None:
+    def _start_trips(self, nursery: trio.Nursery, runs: list[RunStage]) -> None:
+        workers = self._worker_count
+        for trip in plan_batches(runs, workers):
+            waiter = _Waiter({run.attempt for run in trip})
+            for run in trip:
+                self._waiters[run.attempt] = waiter
+            nursery.start_soon(self._wait_for_trip, trip, waiter)
+
+    def _worker_count(self, generation: int) -> int:
+        return len(self.backend.worker_pids(generation))
+
+    async def _wait_for_trip(self, trip: list[RunStage], waiter: _Waiter) -> None:
         with (
-            scope,
-            structlog.contextvars.bound_contextvars(
-                generation=request.generation, stage=request.stage
-            ),
+            waiter.scope,
+            structlog.contextvars.bound_contextvars(generation=trip[0].generation),
         ):
-            log.debug("stage dispatched", attempt=request.attempt)
-            finished = await self._run_stage(request)
-            self._waiters.pop(request.attempt, None)
-            self.send(finished)
+            log.debug("stages dispatched", stages=[run.stage for run in trip])
+            finished = await self._run_trip(trip)
+            for run in trip:
+                self._waiters.pop(run.attempt, None)
+            # All at once, so that the driver takes them in one turn (and dispatches
+            # the stages they free together).
+            for result in finished:
+                self.send(result)
 
-    async def _run_stage(self, request: RunStage) -> StageFinished:
-        """Run one stage, unless the state store says it is up to date."""
-        spec = request.spec
+    async def _run_trip(self, trip: list[RunStage]) -> list[StageFinished]:
+        """Run the stages of one trip, unless the state store says they are up to date."""
         incremental = self.incremental
-        check: Check | None = None
+        checks: list[Check | None] = [None] * len(trip)
         if incremental is not None:
-            try:
-                check = await trio.to_thread.run_sync(
-                    functools.partial(incremental.prepare, spec, force=request.force)
+            checks = await trio.to_thread.run_sync(_prepare, incremental, trip)
+        finished: dict[int, StageFinished] = {}
+        to_run: list[tuple[RunStage, Check | None]] = []
+        for run, check in zip(trip, checks, strict=True):
+            if check is not None and not check.decision.run:
+                finished[run.attempt] = StageFinished(run.attempt, _skipped(run, check.decision))
+            else:
+                to_run.append((run, check))
+        for run, _ in to_run:
+            # Published here, not at dispatch: a stage found up to date never starts.
+            self._publish(
+                Event(
+                    "stage_started",
+                    {"stage": run.stage, "generation": run.generation, "run_id": run.run_id},
                 )
-                if not check.decision.run:
-                    return StageFinished(request.attempt, _skipped(request, check.decision))
-            except StateStoreError as exc:
-                log.warning("state store unusable; running the stage", error=str(exc))
-                check = None
-        # Published here, not at dispatch: a stage found up to date never starts.
-        self._publish(
-            Event(
-                "stage_started",
-                {
-                    "stage": request.stage,
-                    "generation": request.generation,
-                    "run_id": request.run_id,
-                },
             )
+        results = await self.backend.run_batch(
+            [
+                RunRequest(run.generation, run.stage, run.spec.params, run_id=run.run_id)
+                for run, _ in to_run
+            ],
+            stop_on_failure=trip[0].stop_on_failure,
         )
-        result = await self.backend.run(RunRequest(request.generation, request.stage, spec.params))
-        outcome = result.outcome
-        if check is not None and incremental is not None:
-            outcome = dataclasses.replace(outcome, reason=check.decision.summary)
-            if outcome.status == "ok":
-                # The record names the history's run: let the history catch up first.
-                with trio.move_on_after(HISTORY_WAIT_S):
-                    await self._history_event(request.run_id).wait()
-                try:
-                    await trio.to_thread.run_sync(
-                        functools.partial(
-                            incremental.after_success, spec, check, outcome, run_id=request.run_id
-                        )
-                    )
-                except StateStoreError as exc:
-                    log.warning("could not record the stage's success", error=str(exc))
-        return StageFinished(request.attempt, outcome, result.worker_lost)
+        recorded: list[tuple[RunStage, Check, StageOutcome]] = []
+        for (run, check), result in zip(to_run, results, strict=True):
+            outcome = result.outcome
+            if check is not None:
+                outcome = dataclasses.replace(outcome, reason=check.decision.summary)
+                if outcome.status == "ok":
+                    recorded.append((run, check, outcome))
+            finished[run.attempt] = StageFinished(run.attempt, outcome, result.worker_lost)
+        if recorded and incremental is not None:
+            # The records name the history's run: let the history catch up first.
+            with trio.move_on_after(HISTORY_WAIT_S):
+                await self._history_event(trip[0].run_id).wait()
+            await trio.to_thread.run_sync(_record_successes, incremental, recorded)
+        return [finished[run.attempt] for run in trip]
 
     async def _pool(self, requests: trio.MemoryReceiveChannel[Promote | Retire]) -> None:
         async for request in requests:
@@ -421,6 +452,19 @@ class _Reply:
         self.after: dict[str, Any] = {}
 
 
+class _Waiter:
+    """The waiter task of one trip; cancelled once every attempt of it is."""
+
+    def __init__(self, attempts: set[int]) -> None:
+        self.scope = trio.CancelScope()
+        self._attempts = attempts
+
+    def cancel(self, attempt: int) -> None:
+        self._attempts.discard(attempt)
+        if not self._attempts:
+            self.scope.cancel()
+
+
 class _Routes:
     """Where the driver sends each kind of action."""
 
@@ -435,14 +479,37 @@ class _Routes:
         self.pool = pool
 
 
-def _pending(events: trio.MemoryReceiveChannel[Event]) -> list[Event]:
-    """Whatever else is already waiting in ``events``, without waiting."""
-    found: list[Event] = []
+def _pending(channel: trio.MemoryReceiveChannel[_T]) -> list[_T]:
+    """Whatever else is already waiting in ``channel``, without waiting."""
+    found: list[_T] = []
     while True:
         try:
-            found.append(events.receive_nowait())
+            found.append(channel.receive_nowait())
         except (trio.WouldBlock, trio.EndOfChannel):
             return found
+
+
+def _prepare(incremental: Incremental, trip: list[RunStage]) -> list[Check | None]:
+    """Each stage's up-to-date check (off the trio thread); None: run it unchecked."""
+    checks: list[Check | None] = []
+    for run in trip:
+        try:
+            checks.append(incremental.prepare(run.spec, force=run.force))
+        except StateStoreError as exc:
+            log.warning("state store unusable; running the stage", stage=run.stage, error=str(exc))
+            checks.append(None)
+    return checks
+
+
+def _record_successes(
+    incremental: Incremental, recorded: list[tuple[RunStage, Check, StageOutcome]]
+) -> None:
+    """Record each stage's success in the state store (off the trio thread)."""
+    for run, check, outcome in recorded:
+        try:
+            incremental.after_success(run.spec, check, outcome, run_id=run.run_id)
+        except StateStoreError as exc:
+            log.warning("could not record the stage's success", stage=run.stage, error=str(exc))
 
 
 def _skipped(request: RunStage, decision: Decision) -> StageOutcome:

@@ -14,7 +14,14 @@ from typing import Any
 
 from pivot_supervise.pipeline._model import PipelineSnapshot
 
-__all__ = ["LoadReply", "LoadRequest", "RunRequest", "WarmReply", "WarmRequest"]
+__all__ = [
+    "BatchRequest",
+    "LoadReply",
+    "LoadRequest",
+    "RunRequest",
+    "WarmReply",
+    "WarmRequest",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +79,25 @@ class RunRequest:
     stage: str
     params: Mapping[str, Any] | None = None
     validated: str | None = None
+    #: The run it belongs to (for the stop file).
+    run_id: int = 0
+    #: If this file exists, a failure stopped the run: do not start the stage (set by
+    #: the backend for a run that stops at a failure; the file names the failed stage).
+    stop_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRequest:
+    """Run several quick stages, in order, in one trip to a worker.
+
+    One task instead of one per stage spares a round trip through the supervisor and
+    loky's queues per stage, which is most of the cost of a stage that is over in a
+    millisecond.  With ``stop_on_failure`` the stages after a failed one are not
+    started (the run stops at a failure anyway).
+    """
+
+    requests: tuple[RunRequest, ...]
+    stop_on_failure: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +124,24 @@ class WarmReply:
     error: str | None = None
 
 
+def stop_file(generation_dir: Path, run_id: int) -> Path:
+    """Written when a stage of run ``run_id`` failed and the run stops at a failure.
+
+    Stages of that run already queued in the pool are then not started (their
+    workers look for this file first); it holds the failed stage's name.
+    """
+    return generation_dir / f"stopped-run-{run_id}"
+
+
 def running_dir(generation_dir: Path) -> Path:
     """Where the workers of a generation note which stage each runs (made with it)."""
     return generation_dir / "running"
 
 
-def running_marker(generation_dir: Path, stage: str) -> Path:
-    """Where a worker notes its pid while it runs ``stage`` of a generation.
+def running_marker(generation_dir: Path, pid: int) -> Path:
+    """The file where worker ``pid`` names the stage it runs (empty between stages).
 
-    loky does not say which worker died when its pool breaks; the supervisor reads this
-    marker to name the pid that a crashed stage was running on.
+    loky does not say which worker died when its pool breaks; the supervisor looks for
+    the marker that names a crashed stage, to name the pid it was running on.
     """
-    return running_dir(generation_dir) / stage
+    return running_dir(generation_dir) / str(pid)

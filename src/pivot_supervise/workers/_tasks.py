@@ -30,11 +30,19 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pivot_supervise.pipeline._model import StageOutcome
+from pivot_supervise.pipeline._model import StageOutcome, not_started
 
 from ._imports import project_module_files
 from ._loader import LoadedPipeline, PipelineLoadError, load_pipeline, load_validated
-from ._messages import LoadReply, LoadRequest, RunRequest, WarmReply, WarmRequest, running_marker
+from ._messages import (
+    BatchRequest,
+    LoadReply,
+    LoadRequest,
+    RunRequest,
+    WarmReply,
+    WarmRequest,
+    running_marker,
+)
 from ._overlay import (
     VALIDATED_FILE,
     ValidatedPipeline,
@@ -55,6 +63,7 @@ __all__ = [
     "load_generation",
     "ping",
     "run_stage",
+    "run_stages",
     "warm_up",
 ]
 
@@ -78,9 +87,11 @@ class _WorkerState:
 
 
 class _Process:
-    """This process's one piece of mutable state: the generation it belongs to."""
+    """This process's mutable state: the generation it belongs to, and its marker."""
 
     state: _WorkerState | None = None
+    #: The open running marker (see :func:`_mark_running`), by its path.
+    marker: tuple[str, int] | None = None
 
 
 def initialize_worker(parent_pid: int, preload: tuple[str, ...] = ()) -> None:
@@ -357,9 +368,12 @@ def run_stage(request: RunRequest) -> StageOutcome:
             duration_ms=0.0,
             error=f"cannot run stage {request.stage!r} of generation {request.generation}: {why}",
         )
+    stopped = _stopped_by(request)
+    if stopped is not None:
+        return not_started(request.stage, request.generation, stopped)
     marker = _mark_running(request)
     try:
-        return execute_stage(
+        outcome = execute_stage(
             state.loaded,
             request.stage,
             request.generation,
@@ -370,19 +384,83 @@ def run_stage(request: RunRequest) -> StageOutcome:
     finally:
         if marker is not None:
             with contextlib.suppress(OSError):
-                marker.unlink()
+                os.ftruncate(marker, 0)
+    if outcome.status == "failed" and request.stop_file is not None:
+        _stop_run(request.stop_file, request.stage)
+    return outcome
 
 
-def _mark_running(request: RunRequest) -> Path | None:
-    """Note this pid as running the stage (see :func:`running_marker`); best effort."""
+def _stopped_by(request: RunRequest) -> str | None:
+    """The stage whose failure stopped the request's run, if one did (see ``stop_file``)."""
+    if request.stop_file is None:
+        return None
+    try:
+        with open(request.stop_file, encoding="utf-8") as stop:
+            return stop.read() or "an earlier stage"
+    except OSError:  # FileNotFoundError above all: the run goes on
+        return None
+
+
+def _stop_run(path: str, failed: str) -> None:
+    """Write the run's stop file, naming ``failed``, at once: the other workers then
+    start none of the run's stages they hold (the first failure's name wins)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:  # stopped already, or the generation is gone
+        return
+    try:
+        os.write(fd, failed.encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _mark_running(request: RunRequest) -> int | None:
+    """Note in this worker's marker that it runs the stage (see :func:`running_marker`).
+
+    Best effort.  The marker is opened once and rewritten in place: creating a file per
+    stage costs more than a quick stage itself.
+    """
     if request.validated is None:
         return None
-    marker = running_marker(Path(request.validated).parent, request.stage)
+    path = str(running_marker(Path(request.validated).parent, os.getpid()))
+    if _Process.marker is None or _Process.marker[0] != path:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None
+        if _Process.marker is not None:
+            with contextlib.suppress(OSError):
+                os.close(_Process.marker[1])
+        _Process.marker = (path, fd)
+    fd = _Process.marker[1]
+    name = request.stage.encode()
     try:
-        marker.write_text(str(os.getpid()))  # its directory comes with the generation
+        os.pwrite(fd, name, 0)
+        os.ftruncate(fd, len(name))
     except OSError:
         return None
-    return marker
+    return fd
+
+
+def run_stages(batch: BatchRequest) -> tuple[StageOutcome, ...]:
+    """Run a batch of stages in order, each as :func:`run_stage` would; one outcome each.
+
+    After a failure, with ``stop_on_failure``, the rest are not started (see
+    :func:`~pivot_supervise.pipeline._model.not_started`).
+    """
+    outcomes: list[StageOutcome] = []
+    failed: str | None = None
+    for request in batch.requests:
+        if failed is not None:
+            outcomes.append(not_started(request.stage, request.generation, failed))
+            continue
+        outcome = run_stage(request)
+        outcomes.append(outcome)
+        if outcome.status == "failed" and batch.stop_on_failure:
+            failed = request.stage
+    return tuple(outcomes)
 
 
 def ping() -> int:

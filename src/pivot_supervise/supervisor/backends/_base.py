@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 import trio
@@ -45,6 +46,16 @@ class Backend(Protocol):
 
     async def run(self, request: RunRequest) -> StageResult:
         """Run one stage on ``request.generation``; never raises for a stage's failure."""
+        ...
+
+    async def run_batch(
+        self, requests: Sequence[RunRequest], *, stop_on_failure: bool
+    ) -> list[StageResult]:
+        """Run quick stages of one generation in order, in one trip; a result each.
+
+        With ``stop_on_failure`` the stages after a failed one are not started (their
+        outcomes say :data:`~pivot_supervise.pipeline._model.NOT_STARTED`).
+        """
         ...
 
     async def retire(self, generation: int) -> None:

@@ -11,11 +11,12 @@ in this mode.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import partial
 
 import trio
 
-from ...pipeline._model import StageOutcome
+from ...pipeline._model import StageOutcome, not_started
 from ...workers._loader import LoadedPipeline, PipelineLoadError, load_pipeline
 from ...workers._messages import RunRequest
 from ...workers._runner import execute_stage
@@ -69,6 +70,22 @@ class InlineBackend:
             capture="thread",
         )
         return StageResult(await trio.to_thread.run_sync(run, abandon_on_cancel=True))
+
+    async def run_batch(
+        self, requests: Sequence[RunRequest], *, stop_on_failure: bool
+    ) -> list[StageResult]:
+        """One after the other (in-process, the core never has two stages in flight)."""
+        results: list[StageResult] = []
+        failed: str | None = None
+        for request in requests:
+            if failed is not None:
+                results.append(StageResult(not_started(request.stage, request.generation, failed)))
+                continue
+            result = await self.run(request)
+            results.append(result)
+            if result.outcome.status == "failed" and stop_on_failure:
+                failed = request.stage
+        return results
 
     async def retire(self, generation: int) -> None:
         self._loaded.pop(generation, None)

@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, cast
@@ -40,6 +40,7 @@ from loky.process_executor import ShutdownExecutorError
 
 from ...pipeline._model import StageOutcome
 from ...workers._messages import (
+    BatchRequest,
     LoadReply,
     LoadRequest,
     RunRequest,
@@ -47,9 +48,10 @@ from ...workers._messages import (
     WarmRequest,
     running_dir,
     running_marker,
+    stop_file,
 )
 from ...workers._overlay import VALIDATED_FILE
-from ...workers._tasks import GATE_FILE, load_generation, run_stage, warm_up
+from ...workers._tasks import GATE_FILE, load_generation, run_stage, run_stages, warm_up
 from .._bridge import wait_future
 from .._config import Config, ConfigError, pipeline_files
 from .._core import GenerationFailed, GenerationLoaded
@@ -367,22 +369,37 @@ class LokyBackend:
     # -------------------------------------------------------------------- stages
 
     async def run(self, request: RunRequest) -> StageResult:
-        gen = self._generations.get(request.generation)
+        return (await self.run_batch((request,), stop_on_failure=True))[0]
+
+    async def run_batch(
+        self, requests: Sequence[RunRequest], *, stop_on_failure: bool
+    ) -> list[StageResult]:
+        if not requests:
+            return []
+        gen = self._generations.get(requests[0].generation)
         if gen is None:
-            return StageResult(_failed(request, "its generation was retired before it started"))
-        # A worker that gets this stage before its load task loads the validated source.
-        request = dataclasses.replace(request, validated=gen.validated)
+            why = "its generation was retired before it started"
+            return [StageResult(_failed(request, why)) for request in requests]
+        # A worker that gets these before its load task loads the validated source; one
+        # that gets them after a failure stopped their run does not start them.
+        stop = str(stop_file(gen.directory, requests[0].run_id)) if stop_on_failure else None
+        requests = [
+            dataclasses.replace(r, validated=gen.validated, stop_file=stop) for r in requests
+        ]
         try:
             # The workers are already up, so submit() only queues the task.
-            future = gen.executor.submit(run_stage, request)
-            return StageResult(await wait_future(future))
+            if len(requests) == 1:
+                outcome = await wait_future(gen.executor.submit(run_stage, requests[0]))
+                outcomes: tuple[StageOutcome, ...] = (outcome,)
+            else:
+                batch = BatchRequest(tuple(requests), stop_on_failure)
+                outcomes = await wait_future(gen.executor.submit(run_stages, batch))
+            return [StageResult(outcome) for outcome in outcomes]
         except concurrent.futures.process.BrokenProcessPool as exc:
-            pid = _crashed_pid(gen.directory, request.stage)
-            where = f"worker {pid}" if pid else "a worker process"
-            reason = f"{where} died while running it ({_exit_codes(exc)})"
-            return StageResult(_failed(request, reason, pid=pid), worker_lost=True)
+            return _lost(gen.directory, requests, exc)
         except (ShutdownExecutorError, RuntimeError, concurrent.futures.CancelledError):
-            return StageResult(_failed(request, "its generation was retired while it ran"))
+            why = "its generation was retired while it ran"
+            return [StageResult(_failed(request, why)) for request in requests]
 
     # ------------------------------------------------------------------- closing
 
@@ -416,12 +433,43 @@ def _verdict(
     return GenerationLoaded(generation, reply.snapshot, pids)
 
 
+def _lost(directory: Path, requests: Sequence[RunRequest], exc: BaseException) -> list[StageResult]:
+    """The results of stages whose worker died under them (one task, one worker)."""
+    codes = _exit_codes(exc)
+    crashed = next(
+        ((r.stage, pid) for r in requests if (pid := _crashed_pid(directory, r.stage))), None
+    )
+    results: list[StageResult] = []
+    for request in requests:
+        if crashed is None:
+            why, pid = f"a worker process died while running it ({codes})", 0
+        elif crashed[0] == request.stage:
+            why, pid = f"worker {crashed[1]} died while running it ({codes})", crashed[1]
+        else:
+            why = f"worker {crashed[1]} died running '{crashed[0]}', sent with it ({codes})"
+            pid = crashed[1]
+        results.append(StageResult(_failed(request, why, pid=pid), worker_lost=True))
+    return results
+
+
 def _crashed_pid(directory: Path, stage: str) -> int:
     """The pid a crashed stage was running on, from its worker's marker (0: unknown)."""
+    wanted = stage.encode()
+    for pid in _pids_marked(directory):
+        try:
+            if running_marker(directory, pid).read_bytes() == wanted:
+                return pid
+        except OSError:
+            continue
+    return 0
+
+
+def _pids_marked(directory: Path) -> list[int]:
     try:
-        return int(running_marker(directory, stage).read_text())
-    except (OSError, ValueError):
-        return 0
+        names = os.listdir(running_dir(directory))
+    except OSError:
+        return []
+    return [int(name) for name in names if name.isdigit()]
 
 
 def _failed(request: RunRequest, why: str, *, pid: int = 0) -> StageOutcome:
