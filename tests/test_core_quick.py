@@ -136,17 +136,24 @@ def test_stages_that_are_not_batchable_travel_alone() -> None:
     assert attempts(plan_batches(runs, lambda _: 2)) == [[1], [2], [3]]
 
 
-def test_batchable_stages_are_spread_over_every_worker_in_order() -> None:
+def test_batchable_stages_are_spread_over_the_idle_workers_in_order() -> None:
     runs = [run_stage(i) for i in range(1, 7)]
     assert attempts(plan_batches(runs, lambda _: 2)) == [[1, 2, 3], [4, 5, 6]]
     assert attempts(plan_batches(runs[:1], lambda _: 2)) == [[1]]
 
 
-def test_no_trip_carries_more_than_the_maximum() -> None:
+def test_with_no_idle_worker_stages_fill_trips_up_to_the_maximum() -> None:
     runs = [run_stage(i) for i in range(1, 21)]
-    trips = plan_batches(runs, lambda _: 2, max_batch=8)
+    trips = plan_batches(runs, lambda _: 0, max_batch=8)
     assert [len(trip) for trip in trips] == [7, 7, 6]
     assert [run for trip in trips for run in trip] == runs
+    assert attempts(plan_batches(runs[:8], lambda _: 0, max_batch=8)) == [list(range(1, 9))]
+
+
+def test_no_trip_carries_more_than_the_maximum() -> None:
+    runs = [run_stage(i) for i in range(1, 41)]
+    trips = plan_batches(runs, lambda _: 2, max_batch=8)
+    assert [len(trip) for trip in trips] == [8] * 5
 
 
 def test_only_stages_of_one_generation_run_and_policy_share_a_trip() -> None:
@@ -159,8 +166,3 @@ def test_only_stages_of_one_generation_run_and_policy_share_a_trip() -> None:
     ]
     trips = attempts(plan_batches(runs, lambda _: 1))
     assert sorted(trips) == [[1, 5], [2], [3], [4]]
-
-
-def test_a_generation_without_workers_counts_as_one() -> None:
-    runs = [run_stage(i) for i in range(1, 4)]
-    assert attempts(plan_batches(runs, lambda _: 0)) == [[1, 2, 3]]

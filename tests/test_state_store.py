@@ -67,6 +67,23 @@ def test_saving_a_record_replaces_the_previous_one(tmp_path: Path) -> None:
         assert record is not None and (record.code, record.run_id) == ("new", 2)
 
 
+def test_a_transaction_commits_several_writes_together_or_none(tmp_path: Path) -> None:
+    with StateStore.open(tmp_path) as store:
+        with store.transaction():
+            store.save_success(a_record("a"))
+            run = store.start_run("test", generation=1)
+            store.finish_stage(run, "a", "ok", generation=1)
+            assert store.record("a") == a_record("a"), "reads inside see the open writes"
+        with pytest.raises(RuntimeError), store.transaction():
+            store.save_success(a_record("b"))
+            store.drop("a")
+            raise RuntimeError("a failure half-way")
+        assert set(store.records_of(["a", "b", "c"])) == {"a"}
+        assert [s.stage for s in store.history()[0].stages] == ["a"]
+    with StateStore.open(tmp_path) as store:
+        assert set(store.records()) == {"a"}
+
+
 def test_the_store_and_its_wal_files_live_in_a_private_state_directory(tmp_path: Path) -> None:
     with StateStore.open(tmp_path) as store:
         store.save_success(a_record())

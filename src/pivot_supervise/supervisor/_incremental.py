@@ -78,16 +78,29 @@ class Incremental:
 
     def check(self, spec: StageSpec, *, force: bool = False) -> Check:
         """Decide whether ``spec`` must run now."""
+        return self._check(spec, self.store.record(spec.name), force=force)
+
+    def _check(self, spec: StageSpec, record: StageRecord | None, *, force: bool) -> Check:
         state = self.current_state(spec)
-        record = self.store.record(spec.name)
         return Check(decide(state, _baseline(record), force=force), state, record is not None)
 
     def prepare(self, spec: StageSpec, *, force: bool = False) -> Check:
         """Decide; if the stage must run, forget its record first (one trip off-thread)."""
-        check = self.check(spec, force=force)
-        if check.decision.run and check.recorded:
-            self.before_run(spec)
-        return check
+        return self.prepare_many([(spec, force)])[0]
+
+    def prepare_many(self, stages: Iterable[tuple[StageSpec, bool]]) -> list[Check]:
+        """:meth:`prepare` for several ``(spec, force)`` pairs: one read, one write."""
+        stages = list(stages)
+        records = self.store.records_of(spec.name for spec, _ in stages)
+        checks = [self._check(spec, records.get(spec.name), force=force) for spec, force in stages]
+        stale = [
+            spec.name
+            for (spec, _), check in zip(stages, checks, strict=True)
+            if check.decision.run and check.recorded
+        ]
+        if stale:  # a run that never finishes must run again
+            self.store.drop(*stale)
+        return checks
 
     def before_run(self, spec: StageSpec) -> None:
         """Forget the stage's record: if the run never finishes, the stage runs again."""
@@ -117,12 +130,22 @@ class Incremental:
             )
         )
 
+    def after_successes(
+        self, successes: Iterable[tuple[StageSpec, Check, StageOutcome]], *, run_id: int
+    ) -> None:
+        """:meth:`after_success` for several stages of one run, in one transaction."""
+        with self.store.transaction():
+            for spec, check, outcome in successes:
+                self.after_success(spec, check, outcome, run_id=run_id)
+
     # ------------------------------------------------------------------- history
 
     def record_events(self, events: Iterable[Event]) -> None:
-        """Keep the run history from a batch of the supervisor's events, in order."""
-        for event in events:
-            self.record_event(event)
+        """Keep the run history from a batch of the supervisor's events, in order, in
+        one transaction."""
+        with self.store.transaction():
+            for event in events:
+                self.record_event(event)
 
     def record_event(self, event: Event) -> None:
         """Keep the run history from the supervisor's events."""

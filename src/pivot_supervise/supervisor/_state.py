@@ -203,7 +203,9 @@ class StateStore:
         self, connection: sqlite3.Connection, path: Path, warnings: tuple[str, ...]
     ) -> None:
         self._db = connection
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        #: How deep in :meth:`transaction` the lock's owner is (0: none is open).
+        self._depth = 0
         self._closed = False
         self.path = path
         #: Sentences for the user about a damaged or foreign file that was replaced.
@@ -387,21 +389,54 @@ class StateStore:
     # ------------------------------------------------------------------ transactions
 
     @contextlib.contextmanager
+    def transaction(self) -> Generator[None, None, None]:
+        """One write transaction around several calls: all of them or none.
+
+        A quick stage is over sooner than a commit; a batch of records and history
+        lines is one commit.  Calls inside it join it rather than opening their own.
+        """
+        with self._write():
+            yield
+
+    def records_of(self, stages: Iterable[str]) -> dict[str, StageRecord]:
+        """The last successful records of ``stages`` that exist, in one read."""
+        found: dict[str, StageRecord] = {}
+        with self._read() as db:
+            for stage in stages:
+                row = db.execute(f"SELECT {_RECORD_COLUMNS} WHERE stage = ?", (stage,)).fetchone()
+                if row is not None:
+                    found[stage] = _stage_record(row)
+        return found
+
+    @contextlib.contextmanager
     def _write(self) -> Generator[sqlite3.Connection, None, None]:
-        """One write transaction: all of it or none of it."""
+        """One write transaction: all of it or none of it (joins an open one)."""
         with self._lock, self._errors():
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
             self._db.execute("COMMIT")
 
     @contextlib.contextmanager
     def _read(self) -> Generator[sqlite3.Connection, None, None]:
-        """A read transaction: several queries see one snapshot."""
+        """A read transaction: several queries see one snapshot (or the open write's)."""
         with self._lock, self._errors():
+            if self._depth:
+                yield self._db
+                return
             self._db.execute("BEGIN")
             try:
                 yield self._db

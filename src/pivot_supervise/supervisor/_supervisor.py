@@ -20,6 +20,7 @@ task that is itself waiting to hand the driver an input.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -33,7 +34,7 @@ import structlog
 import trio
 
 from ..pipeline._freshness import Decision
-from ..pipeline._model import StageOutcome
+from ..pipeline._model import StageOutcome, StageSpec
 from ..workers._messages import RunRequest
 from ._batching import plan_batches
 from ._bus import EventBus, Subscription
@@ -136,6 +137,8 @@ class Supervisor:
         self._inbox_send, self._inbox = trio.open_memory_channel[Input](math.inf)
         self._session_scope = trio.CancelScope()
         self._waiters: dict[int, _Waiter] = {}
+        #: Trips in flight, by generation (see :meth:`_idle_workers`).
+        self._trips: collections.Counter[int] = collections.Counter()
         self._watcher = ProjectWatcher(config) if watch else None
         self._services = tuple(services)
         self._use_incremental = incremental
@@ -352,29 +355,37 @@ class Supervisor:
                 self._start_trips(waiters, runs)
 
     def _start_trips(self, nursery: trio.Nursery, runs: list[RunStage]) -> None:
-        workers = self._worker_count
-        for trip in plan_batches(runs, workers):
+        for trip in plan_batches(runs, self._idle_workers):
             waiter = _Waiter({run.attempt for run in trip})
             for run in trip:
                 self._waiters[run.attempt] = waiter
+            self._trips[trip[0].generation] += 1
             nursery.start_soon(self._wait_for_trip, trip, waiter)
 
-    def _worker_count(self, generation: int) -> int:
-        return len(self.backend.worker_pids(generation))
+    def _idle_workers(self, generation: int) -> int:
+        """Workers of ``generation`` that may have no trip queued (0: each has one)."""
+        workers = max(1, len(self.backend.worker_pids(generation)))
+        return max(0, workers - self._trips[generation])
 
     async def _wait_for_trip(self, trip: list[RunStage], waiter: _Waiter) -> None:
-        with (
-            waiter.scope,
-            structlog.contextvars.bound_contextvars(generation=trip[0].generation),
-        ):
-            log.debug("stages dispatched", stages=[run.stage for run in trip])
-            finished = await self._run_trip(trip)
-            for run in trip:
-                self._waiters.pop(run.attempt, None)
-            # All at once, so that the driver takes them in one turn (and dispatches
-            # the stages they free together).
-            for result in finished:
-                self.send(result)
+        generation = trip[0].generation
+        try:
+            with (
+                waiter.scope,
+                structlog.contextvars.bound_contextvars(generation=generation),
+            ):
+                log.debug("stages dispatched", stages=[run.stage for run in trip])
+                finished = await self._run_trip(trip)
+                for run in trip:
+                    self._waiters.pop(run.attempt, None)
+                # All at once, so that the driver takes them in one turn (and dispatches
+                # the stages they free together).
+                for result in finished:
+                    self.send(result)
+        finally:
+            self._trips[generation] -= 1
+            if not self._trips[generation]:
+                del self._trips[generation]
 
     async def _run_trip(self, trip: list[RunStage]) -> list[StageFinished]:
         """Run the stages of one trip, unless the state store says they are up to date."""
@@ -404,19 +415,19 @@ class Supervisor:
             ],
             stop_on_failure=trip[0].stop_on_failure,
         )
-        recorded: list[tuple[RunStage, Check, StageOutcome]] = []
+        recorded: list[tuple[StageSpec, Check, StageOutcome]] = []
         for (run, check), result in zip(to_run, results, strict=True):
             outcome = result.outcome
             if check is not None:
                 outcome = dataclasses.replace(outcome, reason=check.decision.summary)
                 if outcome.status == "ok":
-                    recorded.append((run, check, outcome))
+                    recorded.append((run.spec, check, outcome))
             finished[run.attempt] = StageFinished(run.attempt, outcome, result.worker_lost)
         if recorded and incremental is not None:
             # The records name the history's run: let the history catch up first.
             with trio.move_on_after(HISTORY_WAIT_S):
                 await self._history_event(trip[0].run_id).wait()
-            await trio.to_thread.run_sync(_record_successes, incremental, recorded)
+            await trio.to_thread.run_sync(_record_successes, incremental, trip[0].run_id, recorded)
         return [finished[run.attempt] for run in trip]
 
     async def _pool(self, requests: trio.MemoryReceiveChannel[Promote | Retire]) -> None:
@@ -491,25 +502,22 @@ def _pending(channel: trio.MemoryReceiveChannel[_T]) -> list[_T]:
 
 def _prepare(incremental: Incremental, trip: list[RunStage]) -> list[Check | None]:
     """Each stage's up-to-date check (off the trio thread); None: run it unchecked."""
-    checks: list[Check | None] = []
-    for run in trip:
-        try:
-            checks.append(incremental.prepare(run.spec, force=run.force))
-        except StateStoreError as exc:
-            log.warning("state store unusable; running the stage", stage=run.stage, error=str(exc))
-            checks.append(None)
-    return checks
+    try:
+        return list(incremental.prepare_many((run.spec, run.force) for run in trip))
+    except StateStoreError as exc:
+        log.warning("state store unusable; running the stages", error=str(exc))
+        return [None] * len(trip)
 
 
 def _record_successes(
-    incremental: Incremental, recorded: list[tuple[RunStage, Check, StageOutcome]]
+    incremental: Incremental, run_id: int, recorded: list[tuple[StageSpec, Check, StageOutcome]]
 ) -> None:
-    """Record each stage's success in the state store (off the trio thread)."""
-    for run, check, outcome in recorded:
-        try:
-            incremental.after_success(run.spec, check, outcome, run_id=run.run_id)
-        except StateStoreError as exc:
-            log.warning("could not record the stage's success", stage=run.stage, error=str(exc))
+    """Record the trip's successes in the state store (off the trio thread)."""
+    try:
+        incremental.after_successes(recorded, run_id=run_id)
+    except StateStoreError as exc:
+        stages = [spec.name for spec, _, _ in recorded]
+        log.warning("could not record the stages' success", stages=stages, error=str(exc))
 
 
 def _skipped(request: RunStage, decision: Decision) -> StageOutcome:
