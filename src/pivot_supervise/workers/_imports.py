@@ -23,9 +23,10 @@ import hashlib
 import importlib
 import importlib.machinery
 import os
+import re
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib.abc import PathEntryFinder
 from pathlib import Path
 from types import CodeType
@@ -152,19 +153,26 @@ def install_fresh_source_imports(project_root: Path) -> None:
     importlib.invalidate_caches()
 
 
-def project_module_files(project_root: Path) -> dict[str, Path]:
+def project_module_files(project_root: Path, among: Iterable[str] | None = None) -> dict[str, Path]:
     """Map the name of every loaded project module to its file.
 
     Project modules are those whose ``__file__`` is under ``project_root`` and not in a
     virtualenv or site-packages inside it; this package itself never counts.  The test
     is lexical on the absolute ``__file__`` (cheap enough to run over every module at
     each load): the loader imports project code through the resolved root it puts on
-    ``sys.path``, so that is the spelling project modules carry.
+    ``sys.path``, so that is the spelling project modules carry.  ``among`` limits the
+    search to those module names (say, the ones an import just added).
     """
     root = project_root.resolve()
     prefix = os.path.join(str(root), "")
     found: dict[str, Path] = {}
-    for name, module in list(sys.modules.items()):
+    modules = sys.modules
+    candidates = (
+        list(modules.items())
+        if among is None
+        else [(name, modules[name]) for name in among if name in modules]
+    )
+    for name, module in candidates:
         file = getattr(module, "__file__", None)
         if not isinstance(file, str) or not _lexically_under(file, prefix):
             continue
@@ -178,14 +186,20 @@ def project_module_files(project_root: Path) -> dict[str, Path]:
 def _lexically_under(file: str, prefix: str) -> bool:
     """``os.path.abspath(file).startswith(prefix)``, without normalising the common case.
 
-    This runs over every module at each load; an absolute path with nothing for
-    ``abspath`` to normalise (no ``//``, ``/.`` or ``..``) is compared as it is.
+    This runs over every module at each load (a few hundred), on the way to promoting a
+    generation; an absolute path with nothing for ``abspath`` to normalise (no ``//``,
+    and no ``.`` or ``..`` component; a dot *directory* such as ``.venv`` is fine) is
+    compared as it is.
     """
     if file.startswith(prefix):
         return True
-    if file.startswith("/") and "//" not in file and "/." not in file:
+    if file.startswith("/") and not _NEEDS_NORMALISING.search(file):
         return False
     return os.path.abspath(file).startswith(prefix)
+
+
+#: ``//``, or a ``.``/``..`` path component: what ``abspath`` would change.
+_NEEDS_NORMALISING = re.compile(r"//|/\.\.?(?:/|$)")
 
 
 def purge_project_modules(project_root: Path) -> list[str]:

@@ -171,6 +171,8 @@ def _load(
     # test run, has any): a ``helpers`` module of another project would shadow ours.
     for installed in installed_project_roots():
         purge_project_modules(installed)
+    # Every project module left after the import came with it: look among those only.
+    before = set(sys.modules)
     REGISTRY.clear()
     try:
         if overlay is None:
@@ -207,7 +209,7 @@ def _load(
                 "and which does not exist yet"
             )
     # A load from a validated overlay keeps the validated fingerprints (see load_validated).
-    modules = project_module_files(root)
+    modules = project_module_files(root, among=sys.modules.keys() - before)
     stages = graph.stages
     if overlay is None and fingerprints:
         stages = tuple(_with_fingerprints(stages, functions, root, modules))
