@@ -26,7 +26,6 @@ import functools
 import gc
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from .._config import Config, ConfigError, pipeline_files
 from .._core import GenerationFailed, GenerationLoaded
 from ._base import StageResult
 from ._procs import KILL_GRACE_S, WORKER_ENV, new_executor, reap, shut_down, sigint_blocked
+from ._scratch import scratch_dir, sweep_abandoned
 from ._standby import StandbyKeeper, StandbyUnavailable
 
 __all__ = [
@@ -155,6 +155,9 @@ class LokyBackend:
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the standby filled (if enabled) until cancelled."""
+        removed = await trio.to_thread.run_sync(sweep_abandoned)
+        if removed:
+            log.info("removed scratch directories of dead supervisors", count=len(removed))
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -201,7 +204,7 @@ class LokyBackend:
             pipeline_file, params_file = await trio.to_thread.run_sync(pipeline_files, self._config)
         except ConfigError as exc:
             return GenerationFailed(generation, f"configuration: {exc}")
-        directory = Path(tempfile.mkdtemp(prefix=f"pivot-supervise-g{generation}-"))
+        directory = scratch_dir(f"g{generation}")
         running_dir(directory).mkdir()  # once per generation, not once per stage
         request = LoadRequest(
             generation=generation,
@@ -341,7 +344,7 @@ class LokyBackend:
         if gen is None:
             return ()
         size = len(gen.pids)
-        barrier = Path(tempfile.mkdtemp(prefix=f"pivot-supervise-ping-g{generation}-"))
+        barrier = scratch_dir(f"ping-g{generation}")
         request = WarmRequest(str(self._root), str(barrier), size)
         try:
             futures: list[concurrent.futures.Future[WarmReply]] = await trio.to_thread.run_sync(

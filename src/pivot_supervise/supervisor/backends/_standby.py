@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from ...workers._messages import WarmReply, WarmRequest
 from ...workers._tasks import warm_up
 from .._bridge import wait_future
 from ._procs import new_executor, process_gone, shut_down, sigint_blocked
+from ._scratch import scratch_dir
 
 log = structlog.get_logger("pivot_supervise.standby")
 
@@ -168,7 +168,7 @@ class StandbyKeeper:
 
     async def _fill(self, size: int) -> Standby | None:
         started = time.perf_counter()
-        barrier = Path(tempfile.mkdtemp(prefix="pivot-supervise-standby-"))
+        barrier = scratch_dir("standby")
         request = WarmRequest(str(self._root), str(barrier), size)
 
         def spawn() -> tuple[loky.ProcessPoolExecutor, list[concurrent.futures.Future[WarmReply]]]:
