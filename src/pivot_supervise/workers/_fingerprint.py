@@ -41,7 +41,10 @@ Cost: each function, class and constant is hashed ONCE (its *own* digest, with t
 names of what it references folded in); a stage's digest is then the hash of the sorted
 ``(name, own digest)`` pairs of everything it reaches.  Reachable sets are computed per
 strongly connected component (mutual recursion, methods that reference their class), so
-200 stages sharing 1,200 helpers cost one pass over the graph, not 200.
+200 stages sharing 1,200 helpers cost one pass over the graph, not 200.  The analysis
+of each code object (bytecode digest, names loaded) can be kept across processes in a
+:class:`~._codecache.CodeAnalysisCache` (see :func:`open_code_cache`): a new generation
+then analyses only the code of the files that changed since the last load.
 """
 
 from __future__ import annotations
@@ -62,11 +65,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from pivot_supervise import __version__
 from pivot_supervise.pipeline._freshness import diff_parts
 
+from ._codecache import Analysis, CodeAnalysisCache
 from ._imports import is_project_file, project_module_files
 
-__all__ = ["StageFingerprint", "diff_parts", "fingerprint_stages", "params_digest"]
+__all__ = [
+    "StageFingerprint",
+    "diff_parts",
+    "fingerprint_stages",
+    "open_code_cache",
+    "params_digest",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,15 +124,18 @@ def fingerprint_stages(
     project_root: Path,
     *,
     modules: Mapping[str, Path] | None = None,
+    cache: CodeAnalysisCache | None = None,
 ) -> dict[str, StageFingerprint]:
     """Fingerprint every stage function of a loaded pipeline.
 
     ``functions`` maps stage names to the functions the loader found; ``project_root``
     decides what is project code (modules whose file is under it, outside any virtualenv
     in it).  ``modules`` are those project modules, if the caller already scanned for
-    them.  Call it right after the load, in the process that imported the pipeline.
+    them.  ``cache`` (from :func:`open_code_cache`) serves and collects code analyses;
+    the result is the same with or without it, and saving it is the caller's business.
+    Call it right after the load, in the process that imported the pipeline.
     """
-    graph = _Graph(project_root, modules)
+    graph = _Graph(project_root, modules, cache)
     roots = {name: graph.root(name, func) for name, func in functions.items()}
     graph.build()
     reach = graph.reachable_sets()
@@ -129,6 +143,31 @@ def fingerprint_stages(
     for name, index in roots.items():
         result[name] = graph.stage_fingerprint(reach[index])
     return result
+
+
+#: Bumped whenever the analysis of a code object (:meth:`_Graph._code`) changes meaning,
+#: so that no cache written by an older algorithm is ever read.
+_ANALYSIS_FORMAT = 1
+
+
+def open_code_cache(state_dir: Path) -> CodeAnalysisCache:
+    """The code analyses cached in ``state_dir`` by earlier loads (of this algorithm)."""
+    return CodeAnalysisCache.open(state_dir, _analysis_version())
+
+
+@functools.cache
+def _analysis_version() -> tuple[int, str, str]:
+    """What a cached analysis must have been computed by: format, release, this very file.
+
+    The digest of this module's own file covers an editable install, where the release
+    number stays put while the algorithm changes; the format number covers a release
+    whose file cannot be read.
+    """
+    try:
+        own = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    except OSError:
+        own = ""
+    return _ANALYSIS_FORMAT, __version__, own
 
 
 # ---------------------------------------------------------------------------- internals
@@ -180,13 +219,33 @@ class _CodeInfo:
     #: Module names passed to ``IMPORT_NAME`` anywhere in it.
     imports: frozenset[str]
 
+    def analysis(self) -> Analysis:
+        """As plain data for the cache (names sorted: a set marshals in hash-seed order)."""
+        return (
+            self.digest,
+            tuple(sorted(self.globals)),
+            tuple(sorted(self.attrs)),
+            tuple(sorted(self.imports)),
+        )
+
+    @classmethod
+    def from_analysis(cls, analysis: Analysis) -> _CodeInfo:
+        digest, global_names, attrs, imports = analysis
+        return cls(digest, frozenset(global_names), frozenset(attrs), frozenset(imports))
+
 
 class _Graph:
     """Project objects as nodes; an edge means "references"."""
 
-    def __init__(self, project_root: Path, modules: Mapping[str, Path] | None = None) -> None:
+    def __init__(
+        self,
+        project_root: Path,
+        modules: Mapping[str, Path] | None = None,
+        cache: CodeAnalysisCache | None = None,
+    ) -> None:
         self._root = project_root.resolve()
         self._modules = project_module_files(self._root) if modules is None else modules
+        self._cache = cache
         self.nodes: list[_Node] = []
         self._by_id: dict[int, int] = {}
         self._consts: dict[tuple[str, str], int] = {}
@@ -556,10 +615,31 @@ class _Graph:
 
     # ------------------------------------------------------------------ code objects
 
-    def _code(self, code: types.CodeType) -> _CodeInfo:
+    def _code(self, code: types.CodeType, *, nested: bool = False) -> _CodeInfo:
+        """The analysis of ``code``, from this run, the persistent cache, or made now.
+
+        A ``nested`` code object (met as a constant while analysing its parent) gets no
+        cache entry of its own: its analysis is folded into the parent's entry.  Code
+        reached on its own (a function's ``__code__``, even an inner function's) has one.
+        """
         info = self._codes.get(id(code))
         if info is not None:
             return info
+        cache = None if nested else self._cache
+        key = cache.key(code) if cache is not None else None
+        if cache is not None and key is not None:
+            cached = cache.get(key)
+            info = _CodeInfo.from_analysis(cached) if cached is not None else None
+        if info is None:
+            info = self._analyse(code)
+            if cache is not None and key is not None:
+                cache.put(key, info.analysis())
+        self._codes[id(code)] = info
+        self._alive.append(code)
+        return info
+
+    def _analyse(self, code: types.CodeType) -> _CodeInfo:
+        """The digest of ``code`` and the names it loads: a function of the code alone."""
         normalised, order, loaded, remap = _scan(code)
         global_names, attrs, imports = loaded
         # Only the constants the instructions load, in the order they are first loaded:
@@ -590,7 +670,7 @@ class _Graph:
                 continue
             const = consts[index]
             if isinstance(const, types.CodeType):
-                nested = self._code(const)
+                nested = self._code(const, nested=True)
                 global_names |= nested.globals
                 attrs |= nested.attrs
                 imports |= nested.imports
@@ -599,12 +679,9 @@ class _Graph:
                 self._value(const, out, dummy_edges, set())
             out.append(",")
         digest.update("".join(out).encode("utf-8", "surrogatepass"))
-        info = _CodeInfo(
+        return _CodeInfo(
             digest.hexdigest(), frozenset(global_names), frozenset(attrs), frozenset(imports)
         )
-        self._codes[id(code)] = info
-        self._alive.append(code)
-        return info
 
     # ------------------------------------------------------------------ reachability
 
