@@ -11,12 +11,14 @@ Which code object is which, across processes
     A code object is named by the sha256 of the exact bytes our loader compiled
     (:func:`._imports.last_compilation`: the source's digest and the module code object,
     recorded at compile time, never read from disk later) and by its position in that
-    compilation's tree of code objects (depth-first over ``co_consts``).  The same bytes
-    compiled by the same interpreter at the same optimisation level give the same tree,
-    so that pair names the same code in every process.  A code object not found in the
-    tree of its file's last compilation (made by ``exec`` under a project file's name,
-    or by an earlier compilation of a file imported twice) gets no name: it is analysed
-    every time, never served someone else's result.
+    compilation's tree of code objects (breadth-first over ``co_consts``: the module's
+    functions and classes first, then what is defined in those, and so on; a level is
+    numbered only when a code object is looked for there).  The same bytes compiled by
+    the same interpreter at the same optimisation level give the same tree, so that pair
+    names the same code in every process.  A code object not found in the tree of its
+    file's last compilation (made by ``exec`` under a project file's name, or by an
+    earlier compilation of a file imported twice) gets no name: it is analysed every
+    time, never served someone else's result.
 
     Why not the file name with ``co_qualname``, ``co_firstlineno`` and ``co_linetable``:
     with debug ranges off (``-X no_debug_ranges``) the line table has no columns, and two
@@ -27,14 +29,15 @@ The file
     ``<state dir>/code-analyses.<cache tag>.bin``: a magic line, a BLAKE2b digest of the
     payload, and the payload, a ``marshal`` of plain tuples, dicts and strings (private,
     and the fastest thing to read back).  The payload starts with a header that must
-    equal this process's (the analysis version the caller gives, the interpreter's
-    exact version, the optimisation level); anything else (a foreign, truncated,
-    damaged or unreadable file, another header) reads as an empty cache.  It is
-    rewritten atomically (temporary file, ``os.replace``) only when something new was
-    analysed, and holds only the entries this load used, so it does not grow without
-    bound.  A failed write costs the next load time, never an error: the reason is in
-    :attr:`CodeAnalysisCache.write_error`.  The digest guards against damage, not
-    against someone who can write to the project (they can edit the code itself).
+    equal this process's: this module's layout number and file digest, the analysis
+    version the caller gives, the interpreter's exact version, the optimisation level.
+    Anything else (a foreign, truncated, damaged or unreadable file, another header)
+    reads as an empty cache.  The file is rewritten atomically (temporary file,
+    ``os.replace``) only when something new was analysed, and holds only the entries
+    this load used, so it does not grow without bound.  A failed write costs the next
+    load time, never an error: the reason is in :attr:`CodeAnalysisCache.write_error`.
+    The digest guards against damage, not against someone who can write to the project
+    (they can edit the code itself).
 
 Not thread-safe: one load uses one cache object.
 """
@@ -42,6 +45,7 @@ Not thread-safe: one load uses one cache object.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import marshal
 import os
@@ -55,7 +59,8 @@ from ._imports import last_compilation
 
 __all__ = ["Analysis", "CacheKey", "CodeAnalysisCache"]
 
-#: Bumped when the file's layout changes (what an entry means is the caller's version).
+#: Bumped when the file's layout or the numbering of positions changes (what an entry
+#: means is the caller's ``version``).
 _LAYOUT = 1
 _MAGIC = b"pivot-supervise code analyses\n"
 _DIGEST_SIZE = 32
@@ -67,16 +72,13 @@ Analysis = tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]
 Version = tuple[int | str, ...]
 _Header = tuple[int | str | Version, ...]
 _Entries = dict[str, dict[int, Analysis]]
-#: Positions of code objects in one compilation, by ``id``, and the compilation itself
-#: (kept referenced, so that no ``id`` in the map can be reused while it is in use).
-_Positions = tuple[str, dict[int, int], types.CodeType]
 
 
 class CodeAnalysisCache:
     """What earlier loads computed per code object, and what this load used or added.
 
-    Use :meth:`open`, then :meth:`key` and :meth:`get` before analysing a code object
-    and :meth:`put` after, and :meth:`save` once the load is done.  The counters are
+    Use :meth:`open`, then :meth:`lookup` before analysing a code object and
+    :meth:`put` after, and :meth:`save` once the load is done.  The counters are
     for tests and benchmarks: ``hits`` (served from the file), ``misses`` (analysed and
     added) and ``unnamed`` (code objects that cannot be cached, see the module doc).
     """
@@ -86,7 +88,7 @@ class CodeAnalysisCache:
         self._header = header
         self._stored: _Entries = stored or {}
         self._used: _Entries = {}
-        self._positions: dict[str, _Positions | None] = {}
+        self._compilations: dict[str, _Compilation | None] = {}
         self.hits = 0
         self.misses = 0
         self.unnamed = 0
@@ -106,6 +108,7 @@ class CodeAnalysisCache:
         path = directory / f"code-analyses.{tag}.bin"
         header: _Header = (
             _LAYOUT,
+            _own_digest(),
             version,
             sys.implementation.name,
             sys.version,
@@ -119,30 +122,35 @@ class CodeAnalysisCache:
 
     # ------------------------------------------------------------------ lookups
 
-    def key(self, code: types.CodeType) -> CacheKey | None:
-        """The name of ``code`` across processes, or ``None`` if it cannot have one."""
+    def lookup(self, code: types.CodeType) -> tuple[CacheKey | None, Analysis | None]:
+        """The name of ``code`` across processes and its stored analysis.
+
+        The name is ``None`` for code that cannot have one (see the module doc), the
+        analysis ``None`` if no earlier load stored one under that name.
+        """
         filename = code.co_filename
         try:
-            positions = self._positions[filename]
+            compilation = self._compilations[filename]
         except KeyError:
-            positions = self._positions[filename] = _positions_in(filename)
-        if positions is not None:
-            position = positions[1].get(id(code))
-            if position is not None:
-                return positions[0], position
-        self.unnamed += 1
-        return None
-
-    def get(self, key: CacheKey) -> Analysis | None:
-        """The analysis stored for ``key`` by an earlier load, or ``None``."""
-        digest, position = key
+            found = last_compilation(filename)
+            compilation = self._compilations[filename] = (
+                _Compilation(*found) if found is not None else None
+            )
+        position = compilation.position(code) if compilation is not None else None
+        if compilation is None or position is None:
+            self.unnamed += 1
+            return None, None
+        digest = compilation.digest
         entries = self._stored.get(digest)
         entry = entries.get(position) if entries is not None else None
-        if entry is None or not _is_analysis(entry):
-            return None
+        if type(entry) is not tuple or len(entry) != 4:
+            return (digest, position), None
         self.hits += 1
-        self._used.setdefault(digest, {})[position] = entry
-        return entry
+        used = self._used.get(digest)
+        if used is None:
+            used = self._used[digest] = {}
+        used[position] = entry
+        return (digest, position), entry
 
     def put(self, key: CacheKey, entry: Analysis) -> None:
         """Record the analysis just made for ``key``."""
@@ -166,6 +174,16 @@ class CodeAnalysisCache:
             self.write_error = None
 
 
+@functools.cache
+def _own_digest() -> str:
+    """A digest of this file: how positions are numbered must match, even between two
+    commits of an editable install that share a release number and a ``_LAYOUT``."""
+    try:
+        return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
 def _parse(data: bytes, header: _Header) -> _Entries:
     """The entries of a cache file's bytes, or nothing if they are not a healthy file of ours."""
     start = len(_MAGIC) + _DIGEST_SIZE
@@ -183,40 +201,49 @@ def _parse(data: bytes, header: _Header) -> _Entries:
     found_header, entries = cast("tuple[object, object]", content)
     if found_header != header or type(entries) is not dict:
         return {}
-    # Checked further where it is used: an entry in :meth:`CodeAnalysisCache.get` (only
-    # the entries a load needs), the inner dicts here.
+    # The digest makes a damaged file unreadable, and the header an outdated one: what
+    # is left to check is the outline (an entry's shape is checked in ``get``).
     entries = cast("dict[object, object]", entries)
     if not all(type(v) is dict for v in entries.values()):
         return {}
     return cast("_Entries", entries)
 
 
-def _is_analysis(entry: object) -> bool:
-    """Whether ``entry`` has the shape of an :data:`Analysis`."""
-    if type(entry) is not tuple:
-        return False
-    items = cast("tuple[object, ...]", entry)
-    return (
-        len(items) == 4
-        and type(items[0]) is str
-        and all(type(names) is tuple for names in items[1:])
-        and all(type(name) is str for names in items[1:] for name in cast("tuple[object]", names))
-    )
+class _Compilation:
+    """One compilation of a file: its source's digest, and where its code objects sit.
 
+    Positions are numbered breadth-first, one whole level of the tree at a time and only
+    as deep as a lookup needs: most code looked up is a module-level function (level
+    one), and the comprehensions and lambdas inside functions are many.
+    """
 
-def _positions_in(filename: str) -> _Positions | None:
-    """Where each code object of ``filename``'s last compilation sits in its tree."""
-    compilation = last_compilation(filename)
-    if compilation is None:
-        return None
-    digest, module_code = compilation
-    order: list[types.CodeType] = []
-    todo = [module_code]
-    while todo:
-        code = todo.pop()
-        order.append(code)
-        todo += [const for const in code.co_consts if type(const) is types.CodeType]
-    return digest, {id(code): position for position, code in enumerate(order)}, module_code
+    __slots__ = ("_count", "_level", "_positions", "digest", "module_code")
+
+    def __init__(self, digest: str, module_code: types.CodeType) -> None:
+        self.digest = digest
+        #: Referenced, so that no ``id`` in the map can be reused while it is in use.
+        self.module_code = module_code
+        self._positions = {id(module_code): 0}
+        self._count = 1
+        self._level = [module_code]
+
+    def position(self, code: types.CodeType) -> int | None:
+        """Where ``code`` sits in this compilation, or ``None`` if it is not part of it."""
+        positions = self._positions
+        position = positions.get(id(code))
+        while position is None and self._level:
+            level = [
+                const
+                for parent in self._level
+                for const in parent.co_consts
+                if type(const) is types.CodeType
+            ]
+            for offset, const in enumerate(level, self._count):
+                positions.setdefault(id(const), offset)
+            self._count += len(level)
+            self._level = level
+            position = positions.get(id(code))
+        return position
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

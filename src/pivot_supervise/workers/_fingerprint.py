@@ -209,29 +209,10 @@ class _Node:
     edges: list[int] = dataclasses.field(default_factory=list[int])
 
 
-@dataclass(frozen=True, slots=True)
-class _CodeInfo:
-    digest: str
-    #: Names loaded as globals by this code object and the ones nested in it.
-    globals: frozenset[str]
-    #: Names loaded as attributes (or imported with ``from m import name``).
-    attrs: frozenset[str]
-    #: Module names passed to ``IMPORT_NAME`` anywhere in it.
-    imports: frozenset[str]
-
-    def analysis(self) -> Analysis:
-        """As plain data for the cache (names sorted: a set marshals in hash-seed order)."""
-        return (
-            self.digest,
-            tuple(sorted(self.globals)),
-            tuple(sorted(self.attrs)),
-            tuple(sorted(self.imports)),
-        )
-
-    @classmethod
-    def from_analysis(cls, analysis: Analysis) -> _CodeInfo:
-        digest, global_names, attrs, imports = analysis
-        return cls(digest, frozenset(global_names), frozenset(attrs), frozenset(imports))
+#: The analysis of a code object, as plain data (what the cache keeps): its digest, and
+#: the names loaded as globals, as attributes (or by ``from m import name``) and as
+#: modules (``IMPORT_NAME``) by it and the code nested in it, each sorted.
+_CodeInfo = Analysis
 
 
 class _Graph:
@@ -324,7 +305,7 @@ class _Graph:
 
     def _function_text(self, func: types.FunctionType, edges: list[int]) -> str:
         info = self._code(func.__code__)
-        out: list[str] = [info.digest, "|g"]
+        out: list[str] = [info[0], "|g"]
         self._resolve_names(func.__globals__, info, out, edges)
         if func.__defaults__:
             out.append("|d")
@@ -354,18 +335,18 @@ class _Graph:
         """Record what each referenced global name is bound to; follow project code."""
         module_name = namespace.get("__name__")
         module_name = module_name if isinstance(module_name, str) else "?"
+        _, global_names, attrs, imports = info
         modules: dict[str, types.ModuleType] = {}
-        for name in sorted(info.globals):
+        for name in global_names:
             value = namespace.get(name, _MISSING)
             if value is _MISSING:
                 continue
             out.append(f"{name}=")
             self._binding(module_name, name, value, out=out, edges=edges, modules=modules)
-        for imported in sorted(info.imports):
+        for imported in imports:
             self._imported(imported, namespace, out, modules)
         # ``helpers.h1`` and ``pkg.sub.f``: look the attribute names up in referenced
         # project modules, and in the modules found that way, until nothing new turns up.
-        names = sorted(info.attrs)
         seen: set[str] = set()
         while True:
             fresh = sorted(m for m in modules if m not in seen)
@@ -374,7 +355,7 @@ class _Graph:
             for mod_name in fresh:
                 seen.add(mod_name)
                 mod_dict = vars(modules[mod_name])
-                for name in names:
+                for name in attrs:
                     value = mod_dict.get(name, _MISSING)
                     if value is _MISSING:
                         continue
@@ -504,7 +485,7 @@ class _Graph:
             out.append(f"<module {value.__name__}>")
             return
         if isinstance(value, types.CodeType):
-            out.append(f"<code {self._code(value).digest}>")
+            out.append(f"<code {self._code(value)[0]}>")
             return
         if isinstance(value, types.BuiltinFunctionType | types.BuiltinMethodType):
             out.append(f"<builtin {_qualified(value)}>")
@@ -626,14 +607,13 @@ class _Graph:
         if info is not None:
             return info
         cache = None if nested else self._cache
-        key = cache.key(code) if cache is not None else None
-        if cache is not None and key is not None:
-            cached = cache.get(key)
-            info = _CodeInfo.from_analysis(cached) if cached is not None else None
+        key = None
+        if cache is not None:
+            key, info = cache.lookup(code)
         if info is None:
             info = self._analyse(code)
             if cache is not None and key is not None:
-                cache.put(key, info.analysis())
+                cache.put(key, info)
         self._codes[id(code)] = info
         self._alive.append(code)
         return info
@@ -670,17 +650,22 @@ class _Graph:
                 continue
             const = consts[index]
             if isinstance(const, types.CodeType):
-                nested = self._code(const, nested=True)
-                global_names |= nested.globals
-                attrs |= nested.attrs
-                imports |= nested.imports
-                out.append(f"<code {nested.digest}>")
+                nested_digest, nested_globals, nested_attrs, nested_imports = self._code(
+                    const, nested=True
+                )
+                global_names.update(nested_globals)
+                attrs.update(nested_attrs)
+                imports.update(nested_imports)
+                out.append(f"<code {nested_digest}>")
             else:
                 self._value(const, out, dummy_edges, set())
             out.append(",")
         digest.update("".join(out).encode("utf-8", "surrogatepass"))
-        return _CodeInfo(
-            digest.hexdigest(), frozenset(global_names), frozenset(attrs), frozenset(imports)
+        return (
+            digest.hexdigest(),
+            tuple(sorted(global_names)),
+            tuple(sorted(attrs)),
+            tuple(sorted(imports)),
         )
 
     # ------------------------------------------------------------------ reachability
