@@ -49,7 +49,6 @@ then analyses only the code of the files that changed since the last load.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import dis
 import enum
@@ -200,19 +199,27 @@ def _blake(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-@dataclass(slots=True)
 class _Node:
-    label: str
-    kind: str
-    obj: object
-    digest: str = ""
-    edges: list[int] = dataclasses.field(default_factory=list[int])
+    """One project object: its label, its own digest, and the nodes it references."""
+
+    __slots__ = ("digest", "edges", "kind", "label", "obj")
+
+    def __init__(self, label: str, kind: str, obj: object) -> None:
+        self.label = label
+        self.kind = kind
+        self.obj = obj
+        self.digest = ""
+        self.edges: list[int] = []
 
 
 #: The analysis of a code object, as plain data (what the cache keeps): its digest, and
 #: the names loaded as globals, as attributes (or by ``from m import name``) and as
 #: modules (``IMPORT_NAME``) by it and the code nested in it, each sorted.
 _CodeInfo = Analysis
+#: A name's binding as a node's text records it: the value (to check that a recorded
+#: binding is still the one looked up), the text, the edges it adds, and the project
+#: module it is, if it is one (its attributes are looked up too).
+_Bound = tuple[object, str, tuple[int, ...], types.ModuleType | None]
 
 
 class _Graph:
@@ -232,6 +239,13 @@ class _Graph:
         self._consts: dict[tuple[str, str], int] = {}
         self._codes: dict[int, _CodeInfo] = {}
         self._spec_cache: dict[str, str] = {}
+        #: By namespace (``id``, checked against the namespace itself): how each name
+        #: looked up in it is bound.  Functions of one module share most of their
+        #: references, so each binding is serialised once, not once per reference.
+        self._global_bindings: dict[int, tuple[Mapping[str, Any], dict[str, _Bound]]] = {}
+        self._attribute_bindings: dict[int, tuple[Mapping[str, Any], dict[str, _Bound]]] = {}
+        #: Values serialised by :meth:`_shared_value`, by ``id`` (and the value itself).
+        self._shared: dict[int, tuple[object, str, tuple[int, ...]]] = {}
         self._pending: list[int] = []
         #: Everything visited stays referenced until we are done, so no ``id`` is reused.
         self._alive: list[object] = []
@@ -245,7 +259,7 @@ class _Graph:
 
     def _node(self, label: str, kind: str, obj: object, *, key: object) -> int:
         index = len(self.nodes)
-        self.nodes.append(_Node(label=label, kind=kind, obj=obj))
+        self.nodes.append(_Node(label, kind, obj))
         self._by_id[id(key)] = index
         self._alive.append(key)
         self._pending.append(index)
@@ -261,7 +275,7 @@ class _Graph:
         module = func.__globals__.get("__name__")
         module = module if isinstance(module, str) else "?"
         code_key = f"{module}:{func.__code__.co_qualname}"
-        shown = f"{getattr(func, '__module__', '?')}:{getattr(func, '__qualname__', '?')}"
+        shown = f"{func.__module__}:{func.__qualname__}"
         # A ``functools.wraps`` wrapper claims the wrapped function's names; keep its own
         # code name and show whom it wraps.
         label = code_key if shown == code_key else f"{code_key}[{shown}]"
@@ -278,7 +292,7 @@ class _Graph:
         if index is not None:
             return index
         index = len(self.nodes)
-        self.nodes.append(_Node(label=f"{module}:{name}", kind="const", obj=value))
+        self.nodes.append(_Node(f"{module}:{name}", "const", value))
         self._consts[(module, name)] = index
         self._alive.append(value)
         self._pending.append(index)
@@ -309,10 +323,10 @@ class _Graph:
         self._resolve_names(func.__globals__, info, out, edges)
         if func.__defaults__:
             out.append("|d")
-            self._value(func.__defaults__, out, edges, set())
+            self._shared_value(func.__defaults__, out, edges)
         if func.__kwdefaults__:
             out.append("|k")
-            self._value(func.__kwdefaults__, out, edges, set())
+            self._shared_value(func.__kwdefaults__, out, edges)
         if func.__closure__:
             out.append("|c")
             for cell in func.__closure__:
@@ -337,30 +351,70 @@ class _Graph:
         module_name = module_name if isinstance(module_name, str) else "?"
         _, global_names, attrs, imports = info
         modules: dict[str, types.ModuleType] = {}
+        recorded = self._recorded(self._global_bindings, namespace)
         for name in global_names:
             value = namespace.get(name, _MISSING)
             if value is _MISSING:
                 continue
-            out.append(f"{name}=")
-            self._binding(module_name, name, value, out=out, edges=edges, modules=modules)
+            bound = recorded.get(name)
+            if bound is None or bound[0] is not value:
+                bound = recorded[name] = self._bound(module_name, name, value, f"{name}=")
+            _, text, targets, module = bound
+            out.append(text)
+            edges.extend(targets)
+            if module is not None:
+                modules.setdefault(module.__name__, module)
         for imported in imports:
             self._imported(imported, namespace, out, modules)
         # ``helpers.h1`` and ``pkg.sub.f``: look the attribute names up in referenced
         # project modules, and in the modules found that way, until nothing new turns up.
         seen: set[str] = set()
-        while True:
-            fresh = sorted(m for m in modules if m not in seen)
-            if not fresh:
-                break
+        fresh = sorted(modules) if attrs else []
+        while fresh:
             for mod_name in fresh:
                 seen.add(mod_name)
                 mod_dict = vars(modules[mod_name])
+                recorded = self._recorded(self._attribute_bindings, mod_dict)
                 for name in attrs:
                     value = mod_dict.get(name, _MISSING)
                     if value is _MISSING:
                         continue
-                    out.append(f"{mod_name}.{name}=")
-                    self._binding(mod_name, name, value, out=out, edges=edges, modules=modules)
+                    bound = recorded.get(name)
+                    if bound is None or bound[0] is not value:
+                        prefix = f"{mod_name}.{name}="
+                        bound = recorded[name] = self._bound(mod_name, name, value, prefix)
+                    _, text, targets, module = bound
+                    out.append(text)
+                    edges.extend(targets)
+                    if module is not None:
+                        modules.setdefault(module.__name__, module)
+            grown = len(modules) > len(seen)
+            fresh = sorted(m for m in modules if m not in seen) if grown else []
+
+    @staticmethod
+    def _recorded(
+        bindings: dict[int, tuple[Mapping[str, Any], dict[str, _Bound]]],
+        namespace: Mapping[str, Any],
+    ) -> dict[str, _Bound]:
+        """The bindings already recorded for names looked up in ``namespace``."""
+        entry = bindings.get(id(namespace))
+        if entry is None or entry[0] is not namespace:
+            entry = bindings[id(namespace)] = (namespace, {})
+        return entry[1]
+
+    def _bound(self, module_name: str, name: str, value: object, prefix: str) -> _Bound:
+        """How the binding of ``name`` to ``value`` is recorded (see :data:`_Bound`)."""
+        if type(value) is types.FunctionType:
+            # The common case, exactly as :meth:`_binding` and :meth:`_value` record it.
+            if value.__globals__.get("__name__") in self._modules:
+                index = self._function_node(value)
+                return value, f"{prefix}<fn {self.nodes[index].label}>;", (index,), None
+            return value, f"{prefix}<ext-fn {_qualified(value)}>;", (), None
+        out = [prefix]
+        edges: list[int] = []
+        modules: dict[str, types.ModuleType] = {}
+        self._binding(module_name, name, value, out=out, edges=edges, modules=modules)
+        return value, "".join(out), tuple(edges), next(iter(modules.values()), None)
 
     def _binding(
         self,
@@ -459,6 +513,18 @@ class _Graph:
         return "".join(out)
 
     # ------------------------------------------------------------------ values
+
+    def _shared_value(self, value: object, out: list[str], edges: list[int]) -> None:
+        """:meth:`_value` for an object many functions share (the default arguments of
+        one module's functions are one constant tuple): serialised once per run."""
+        known = self._shared.get(id(value))
+        if known is None or known[0] is not value:
+            text: list[str] = []
+            targets: list[int] = []
+            self._value(value, text, targets, set())
+            known = self._shared[id(value)] = (value, "".join(text), tuple(targets))
+        out.append(known[1])
+        edges.extend(known[2])
 
     def _value(self, value: object, out: list[str], edges: list[int], path: set[int]) -> None:
         """Append a stable serialisation of ``value``; project code becomes an edge."""
