@@ -59,6 +59,7 @@ import json
 import re
 import sys
 import types
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,11 +138,7 @@ def fingerprint_stages(
     graph = _Graph(project_root, modules, cache)
     roots = {name: graph.root(name, func) for name, func in functions.items()}
     graph.build()
-    reach = graph.reachable_sets()
-    result: dict[str, StageFingerprint] = {}
-    for name, index in roots.items():
-        result[name] = graph.stage_fingerprint(reach[index])
-    return result
+    return graph.stage_fingerprints(roots)
 
 
 #: Bumped whenever the analysis of a code object (:meth:`_Graph._code`) changes meaning,
@@ -734,78 +731,126 @@ class _Graph:
             tuple(sorted(imports)),
         )
 
-    # ------------------------------------------------------------------ reachability
+    # ------------------------------------------------------------------ stages
 
-    def reachable_sets(self) -> list[frozenset[int]]:
-        """For every node, the set of nodes it reaches (itself included).
+    def stage_fingerprints(self, roots: Mapping[str, int]) -> dict[str, StageFingerprint]:
+        """The fingerprint of each stage, from the node of its function.
+
+        A stage's parts are the distinct ``(label, digest)`` pairs of the nodes it
+        reaches, sorted; its code is the digest of those pairs.  The pairs are ranked
+        once for the whole graph, and a set of ranks is an ``int`` with a bit per rank:
+        a union of two sets is one ``|``, where sets of ints cost an insertion per
+        element (reachable sets overlap a lot, so that is most of the work).
+        """
+        nodes = self.nodes
+        pairs = sorted({(node.label, node.digest) for node in nodes})
+        count = len(pairs)
+        bit_of = {pair: 1 << (count - 1 - rank) for rank, pair in enumerate(pairs)}
+        reach = self._reachable([bit_of[node.label, node.digest] for node in nodes])
+        labels = [label for label, _ in pairs]
+        digests = [digest for _, digest in pairs]
+        lines = [f"{label}\0{digest}\n" for label, digest in pairs]
+        # A label with two digests (two lambdas of one module, say): a stage reaching
+        # both tells them apart by content.
+        repeated = {label for label, times in Counter(labels).items() if times > 1}
+        ambiguous = sum(bit_of[pair] for pair in pairs if pair[0] in repeated)
+        result: dict[str, StageFingerprint] = {}
+        for stage, index in roots.items():
+            ranks = _ranks_in(reach[index], count)
+            if reach[index] & ambiguous:
+                result[stage] = _named_apart([pairs[rank] for rank in ranks])
+                continue
+            functions = tuple([labels[rank] for rank in ranks])
+            parts = dict(zip(functions, [digests[rank] for rank in ranks], strict=True))
+            code = _blake("".join([lines[rank] for rank in ranks]))
+            result[stage] = StageFingerprint(code=code, functions=functions, parts=parts)
+        return result
+
+    def _reachable(self, bits: list[int]) -> list[int]:
+        """For every node, the union of the ``bits`` of the nodes it reaches (its own too).
 
         Tarjan's algorithm, iteratively: it emits strongly connected components after
-        all the components they reach, so each component's set is its members plus the
-        already computed sets of its successors.
+        all the components they reach, so each component's set is its members' bits
+        plus the already computed sets of its successors.
         """
-        count = len(self.nodes)
+        successors = [node.edges for node in self.nodes]
+        count = len(successors)
         index_of = [-1] * count
         low = [0] * count
         on_stack = [False] * count
         stack: list[int] = []
-        reach: list[frozenset[int]] = [frozenset()] * count
+        reach = [0] * count
         counter = 0
         for start in range(count):
             if index_of[start] != -1:
                 continue
-            work: list[tuple[int, int]] = [(start, 0)]
+            index_of[start] = low[start] = counter
+            counter += 1
+            stack.append(start)
+            on_stack[start] = True
+            work = [(start, iter(successors[start]))]
             while work:
-                node, child = work[-1]
-                if child == 0:
-                    index_of[node] = low[node] = counter
-                    counter += 1
-                    stack.append(node)
-                    on_stack[node] = True
-                edges = self.nodes[node].edges
-                if child < len(edges):
-                    work[-1] = (node, child + 1)
-                    target = edges[child]
+                node, children = work[-1]
+                for target in children:
                     if index_of[target] == -1:
-                        work.append((target, 0))
-                    elif on_stack[target]:
-                        low[node] = min(low[node], index_of[target])
-                    continue
-                work.pop()
-                if work:
-                    parent = work[-1][0]
-                    low[parent] = min(low[parent], low[node])
-                if low[node] == index_of[node]:
-                    members: list[int] = []
-                    while True:
-                        member = stack.pop()
-                        on_stack[member] = False
-                        members.append(member)
-                        if member == node:
-                            break
-                    combined = set(members)
-                    for member in members:
-                        for target in self.nodes[member].edges:
-                            if not on_stack[target] and target not in combined:
+                        index_of[target] = low[target] = counter
+                        counter += 1
+                        stack.append(target)
+                        on_stack[target] = True
+                        work.append((target, iter(successors[target])))
+                        break  # descend; this node's iterator resumes afterwards
+                    if on_stack[target] and index_of[target] < low[node]:
+                        low[node] = index_of[target]
+                else:
+                    work.pop()
+                    if work:
+                        parent = work[-1][0]
+                        low[parent] = min(low[parent], low[node])
+                    if low[node] == index_of[node]:
+                        members = [stack.pop()]
+                        while members[-1] != node:
+                            members.append(stack.pop())
+                        combined = 0
+                        for member in members:
+                            on_stack[member] = False
+                            combined |= bits[member]
+                            for target in successors[member]:
+                                # Every target's set is complete by now, except those
+                                # of the component's own members: still empty.
                                 combined |= reach[target]
-                    frozen = frozenset(combined)
-                    for member in members:
-                        reach[member] = frozen
+                        for member in members:
+                            reach[member] = combined
         return reach
 
-    def stage_fingerprint(self, reachable: frozenset[int]) -> StageFingerprint:
-        nodes = self.nodes
-        pairs = sorted({(nodes[i].label, nodes[i].digest) for i in reachable})
-        labels = [label for label, _ in pairs]
-        if len(set(labels)) != len(labels):
-            # Two lambdas of one module, say: tell them apart by content.
-            repeated = {label for label in labels if labels.count(label) > 1}
-            pairs = sorted(
-                (f"{label}#{digest[:12]}" if label in repeated else label, digest)
-                for label, digest in pairs
-            )
-        parts = dict(pairs)
-        code = _blake("".join(f"{name}\0{digest}\n" for name, digest in pairs))
-        return StageFingerprint(code=code, functions=tuple(parts), parts=parts)
+
+def _ranks_in(bits: int, count: int) -> list[int]:
+    """The ranks whose bits are set, lowest first (rank ``r`` is bit ``count - 1 - r``).
+
+    ``bin`` spells the highest bit first, so it lists the ranks in ascending order.
+    """
+    text = bin(bits)
+    offset = count - len(text)
+    ranks: list[int] = []
+    at = text.find("1", 2)
+    while at != -1:
+        ranks.append(at + offset)
+        at = text.find("1", at + 1)
+    return ranks
+
+
+def _named_apart(pairs: list[tuple[str, str]]) -> StageFingerprint:
+    """A stage's fingerprint from its sorted ``(label, digest)`` pairs, when some label
+    may come with two digests: such a label gets its digest's start appended."""
+    labels = [label for label, _ in pairs]
+    if len(set(labels)) != len(labels):
+        repeated = {label for label in labels if labels.count(label) > 1}
+        pairs = sorted(
+            (f"{label}#{digest[:12]}" if label in repeated else label, digest)
+            for label, digest in pairs
+        )
+    parts = dict(pairs)
+    code = _blake("".join(f"{name}\0{digest}\n" for name, digest in pairs))
+    return StageFingerprint(code=code, functions=tuple(parts), parts=parts)
 
 
 def _name_ops() -> tuple[dict[int, int], dict[int, int]]:
