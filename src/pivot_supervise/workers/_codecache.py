@@ -50,7 +50,7 @@ import hashlib
 import marshal
 import os
 import sys
-import tempfile
+import threading
 import types
 from pathlib import Path
 from typing import cast
@@ -136,7 +136,11 @@ class CodeAnalysisCache:
             compilation = self._compilations[filename] = (
                 _Compilation(*found) if found is not None else None
             )
-        position = compilation.position(code) if compilation is not None else None
+        position = None
+        if compilation is not None:
+            position = compilation.positions.get(id(code))
+            if position is None:
+                position = compilation.position(code)
         if compilation is None or position is None:
             self.unnamed += 1
             return None, None
@@ -217,19 +221,20 @@ class _Compilation:
     one), and the comprehensions and lambdas inside functions are many.
     """
 
-    __slots__ = ("_count", "_level", "_positions", "digest", "module_code")
+    __slots__ = ("_count", "_level", "digest", "module_code", "positions")
 
     def __init__(self, digest: str, module_code: types.CodeType) -> None:
         self.digest = digest
         #: Referenced, so that no ``id`` in the map can be reused while it is in use.
         self.module_code = module_code
-        self._positions = {id(module_code): 0}
+        #: The positions numbered so far, by ``id`` of the code object.
+        self.positions = {id(module_code): 0}
         self._count = 1
         self._level = [module_code]
 
     def position(self, code: types.CodeType) -> int | None:
         """Where ``code`` sits in this compilation, or ``None`` if it is not part of it."""
-        positions = self._positions
+        positions = self.positions
         position = positions.get(id(code))
         while position is None and self._level:
             level = [
@@ -253,7 +258,12 @@ def _write_atomically(path: Path, data: bytes) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         # The state directory is never committed (the state store writes the same).
         (directory / ".gitignore").write_text("# State of pivot-supervise; never commit it.\n*\n")
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    # Named after this process and thread rather than made by ``tempfile.mkstemp``,
+    # whose first call in a process (seeding its random names) costs more than the
+    # write.  One left behind by a killed process is overwritten by its pid's next use.
+    temporary = directory / f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    fd = os.open(temporary, flags, 0o600)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)

@@ -236,15 +236,18 @@ class _Graph:
         self._consts: dict[tuple[str, str], int] = {}
         self._codes: dict[int, _CodeInfo] = {}
         self._spec_cache: dict[str, str] = {}
-        #: By namespace (``id``, checked against the namespace itself): how each name
-        #: looked up in it is bound.  Functions of one module share most of their
-        #: references, so each binding is serialised once, not once per reference.
-        self._global_bindings: dict[int, tuple[Mapping[str, Any], dict[str, _Bound]]] = {}
+        #: By namespace (``id``, checked against the namespace itself): its module's
+        #: name and how each name looked up in it is bound, as a global and as a module
+        #: attribute.  Functions of one module share most of their references, so each
+        #: binding is serialised once, not once per reference.
+        self._global_bindings: dict[int, tuple[Mapping[str, Any], str, dict[str, _Bound]]] = {}
         self._attribute_bindings: dict[int, tuple[Mapping[str, Any], dict[str, _Bound]]] = {}
         #: Values serialised by :meth:`_shared_value`, by ``id`` (and the value itself).
         self._shared: dict[int, tuple[object, str, tuple[int, ...]]] = {}
         self._pending: list[int] = []
-        #: Everything visited stays referenced until we are done, so no ``id`` is reused.
+        #: Everything keyed by ``id`` stays referenced until we are done, so that no ``id``
+        #: is reused: nodes hold their objects, records hold their values, and this holds
+        #: the code objects analysed.
         self._alive: list[object] = []
 
     # ------------------------------------------------------------------ node creation
@@ -252,13 +255,13 @@ class _Graph:
     def root(self, stage: str, func: object) -> int:
         if isinstance(func, types.FunctionType):
             return self._function_node(func)
-        return self._node(f"<stage>:{stage}", "value", func, key=func)
+        return self._node(f"<stage>:{stage}", "value", func)
 
-    def _node(self, label: str, kind: str, obj: object, *, key: object) -> int:
+    def _node(self, label: str, kind: str, obj: object) -> int:
+        """A new node for ``obj`` (which it keeps referenced, so its ``id`` stays its own)."""
         index = len(self.nodes)
         self.nodes.append(_Node(label, kind, obj))
-        self._by_id[id(key)] = index
-        self._alive.append(key)
+        self._by_id[id(obj)] = index
         self._pending.append(index)
         return index
 
@@ -271,18 +274,19 @@ class _Graph:
             return index
         module = func.__globals__.get("__name__")
         module = module if isinstance(module, str) else "?"
-        code_key = f"{module}:{func.__code__.co_qualname}"
-        shown = f"{func.__module__}:{func.__qualname__}"
-        # A ``functools.wraps`` wrapper claims the wrapped function's names; keep its own
-        # code name and show whom it wraps.
-        label = code_key if shown == code_key else f"{code_key}[{shown}]"
-        return self._node(label, "function", func, key=func)
+        qualname = func.__code__.co_qualname
+        label = f"{module}:{qualname}"
+        if func.__qualname__ != qualname or func.__module__ != module:
+            # A ``functools.wraps`` wrapper claims the wrapped function's names; keep its
+            # own code name and show whom it wraps.
+            label = f"{label}[{func.__module__}:{func.__qualname__}]"
+        return self._node(label, "function", func)
 
     def _class_node(self, cls: type) -> int:
         index = self._by_id.get(id(cls))
         if index is not None:
             return index
-        return self._node(f"{cls.__module__}:{cls.__qualname__}", "class", cls, key=cls)
+        return self._node(f"{cls.__module__}:{cls.__qualname__}", "class", cls)
 
     def _const_node(self, module: str, name: str, value: object) -> int:
         index = self._consts.get((module, name))
@@ -291,7 +295,6 @@ class _Graph:
         index = len(self.nodes)
         self.nodes.append(_Node(f"{module}:{name}", "const", value))
         self._consts[(module, name)] = index
-        self._alive.append(value)
         self._pending.append(index)
         return index
 
@@ -299,12 +302,14 @@ class _Graph:
 
     def build(self) -> None:
         """Compute every pending node's own digest and edges (discovering new nodes)."""
-        while self._pending:
+        nodes = self.nodes
+        pending = self._pending
+        while pending:
             # Each node is pending exactly once: it is queued when it is created.
-            node = self.nodes[self._pending.pop()]
+            node = nodes[pending.pop()]
             edges: list[int] = []
             if node.kind == "function":
-                text = self._function_text(cast("types.FunctionType", node.obj), edges)
+                text = self._function_text(node.obj, edges)  # pyright: ignore[reportArgumentType]
             elif node.kind == "class":
                 text = self._class_text(cast("type", node.obj), edges)
             else:
@@ -344,11 +349,14 @@ class _Graph:
         self, namespace: Mapping[str, Any], info: _CodeInfo, out: list[str], edges: list[int]
     ) -> None:
         """Record what each referenced global name is bound to; follow project code."""
-        module_name = namespace.get("__name__")
-        module_name = module_name if isinstance(module_name, str) else "?"
+        known = self._global_bindings.get(id(namespace))
+        if known is None or known[0] is not namespace:
+            module_name = namespace.get("__name__")
+            module_name = module_name if isinstance(module_name, str) else "?"
+            known = self._global_bindings[id(namespace)] = (namespace, module_name, {})
+        _, module_name, recorded = known
         _, global_names, attrs, imports = info
         modules: dict[str, types.ModuleType] = {}
-        recorded = self._recorded(self._global_bindings, namespace)
         for name in global_names:
             value = namespace.get(name, _MISSING)
             if value is _MISSING:
@@ -371,7 +379,10 @@ class _Graph:
             for mod_name in fresh:
                 seen.add(mod_name)
                 mod_dict = vars(modules[mod_name])
-                recorded = self._recorded(self._attribute_bindings, mod_dict)
+                known_attributes = self._attribute_bindings.get(id(mod_dict))
+                if known_attributes is None or known_attributes[0] is not mod_dict:
+                    known_attributes = self._attribute_bindings[id(mod_dict)] = (mod_dict, {})
+                recorded = known_attributes[1]
                 for name in attrs:
                     value = mod_dict.get(name, _MISSING)
                     if value is _MISSING:
@@ -387,17 +398,6 @@ class _Graph:
                         modules.setdefault(module.__name__, module)
             grown = len(modules) > len(seen)
             fresh = sorted(m for m in modules if m not in seen) if grown else []
-
-    @staticmethod
-    def _recorded(
-        bindings: dict[int, tuple[Mapping[str, Any], dict[str, _Bound]]],
-        namespace: Mapping[str, Any],
-    ) -> dict[str, _Bound]:
-        """The bindings already recorded for names looked up in ``namespace``."""
-        entry = bindings.get(id(namespace))
-        if entry is None or entry[0] is not namespace:
-            entry = bindings[id(namespace)] = (namespace, {})
-        return entry[1]
 
     def _bound(self, module_name: str, name: str, value: object, prefix: str) -> _Bound:
         """How the binding of ``name`` to ``value`` is recorded (see :data:`_Bound`)."""

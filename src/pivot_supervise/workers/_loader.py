@@ -244,7 +244,7 @@ def _with_fingerprints(
         dataclasses.replace(
             spec,
             code_fingerprint=prints[spec.name].code,
-            code_parts=dict(prints[spec.name].parts),
+            code_parts=prints[spec.name].parts,  # a fresh dict per stage: no copy needed
             params_digest=params_digest(spec.params),
         )
         for spec in specs
