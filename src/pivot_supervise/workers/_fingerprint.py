@@ -40,11 +40,13 @@ What counts, and what deliberately does not:
 Cost: each function, class and constant is hashed ONCE (its *own* digest, with the
 names of what it references folded in); a stage's digest is then the hash of the sorted
 ``(name, own digest)`` pairs of everything it reaches.  Reachable sets are computed per
-strongly connected component (mutual recursion, methods that reference their class), so
-200 stages sharing 1,200 helpers cost one pass over the graph, not 200.  The analysis
-of each code object (bytecode digest, names loaded) can be kept across processes in a
-:class:`~._codecache.CodeAnalysisCache` (see :func:`open_code_cache`): a new generation
-then analyses only the code of the files that changed since the last load.
+strongly connected component (mutual recursion, methods that reference their class), as
+bitsets over the ranked pairs, so 200 stages sharing 1,200 helpers cost one pass over
+the graph, not 200.  Each binding a module's functions look up is serialised once per
+run, not once per reference.  The analysis of each code object (bytecode digest, names
+loaded) can be kept across processes in a :class:`~._codecache.CodeAnalysisCache` (see
+:func:`open_code_cache`): a new generation then analyses only the code of the files
+that changed since the last load.
 """
 
 from __future__ import annotations
@@ -193,7 +195,11 @@ _SCALARS = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
 
 
 def _blake(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return _blake_bytes(text.encode("utf-8", "surrogatepass"))
+
+
+def _blake_bytes(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 class _Node:
@@ -228,8 +234,9 @@ class _Graph:
         modules: Mapping[str, Path] | None = None,
         cache: CodeAnalysisCache | None = None,
     ) -> None:
-        self._root = project_root.resolve()
-        self._modules = project_module_files(self._root) if modules is None else modules
+        if modules is None:  # resolving the root costs system calls: only when needed
+            modules = project_module_files(project_root.resolve())
+        self._modules = modules
         self._cache = cache
         self.nodes: list[_Node] = []
         self._by_id: dict[int, int] = {}
@@ -749,7 +756,8 @@ class _Graph:
         reach = self._reachable([bit_of[node.label, node.digest] for node in nodes])
         labels = [label for label, _ in pairs]
         digests = [digest for _, digest in pairs]
-        lines = [f"{label}\0{digest}\n" for label, digest in pairs]
+        # Encoded once: a stage's code is the digest of its parts' lines, joined.
+        lines = [f"{label}\0{digest}\n".encode("utf-8", "surrogatepass") for label, digest in pairs]
         # A label with two digests (two lambdas of one module, say): a stage reaching
         # both tells them apart by content.
         repeated = {label for label, times in Counter(labels).items() if times > 1}
@@ -762,7 +770,7 @@ class _Graph:
                 continue
             functions = tuple([labels[rank] for rank in ranks])
             parts = dict(zip(functions, [digests[rank] for rank in ranks], strict=True))
-            code = _blake("".join([lines[rank] for rank in ranks]))
+            code = _blake_bytes(b"".join([lines[rank] for rank in ranks]))
             result[stage] = StageFingerprint(code=code, functions=functions, parts=parts)
         return result
 
