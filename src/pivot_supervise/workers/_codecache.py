@@ -206,7 +206,7 @@ def _parse(data: bytes, header: _Header) -> _Entries:
     if found_header != header or type(entries) is not dict:
         return {}
     # The digest makes a damaged file unreadable, and the header an outdated one: what
-    # is left to check is the outline (an entry's shape is checked in ``get``).
+    # is left to check is the outline (an entry's shape is checked in ``lookup``).
     entries = cast("dict[object, object]", entries)
     if not all(type(v) is dict for v in entries.values()):
         return {}
