@@ -247,6 +247,31 @@ def test_nested_code_lambdas_and_comprehensions_count(tmp_path: Path) -> None:
     assert len({before["a"].code, in_lambda["a"].code, in_comp["a"].code}) == 3
 
 
+def test_two_functions_with_one_label_are_told_apart_by_content(tmp_path: Path) -> None:
+    helpers = """
+        first = lambda: 1
+        second = lambda: 2
+    """
+    source = """
+        import helpers
+
+        @stage(outs=["both.txt"])
+        def both():
+            return helpers.first() + helpers.second()
+
+        @stage(outs=["one.txt"])
+        def one():
+            return helpers.first()
+    """
+    before = fingerprint(tmp_path, {"pipeline.py": source, "helpers.py": helpers})
+    lambdas = [name for name in before["both"].functions if name.startswith("helpers:")]
+    assert len(lambdas) == 2
+    assert all(name.startswith("helpers:<lambda>#") for name in lambdas)
+    assert "helpers:<lambda>" in before["one"].functions  # one lambda: nothing to tell apart
+    after = fingerprint(tmp_path, {"helpers.py": helpers.replace("lambda: 2", "lambda: 3")})
+    assert changed_stages(before, after) == {"both"}
+
+
 def test_a_helper_reached_from_a_lambda_or_comprehension_is_followed(tmp_path: Path) -> None:
     source = """
         import helpers

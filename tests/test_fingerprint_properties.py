@@ -19,7 +19,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pivot_supervise.workers._fingerprint import fingerprint_stages
+from pivot_supervise.workers._fingerprint import fingerprint_stages, open_code_cache
 from pivot_supervise.workers._loader import load_pipeline
 
 WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=6)
@@ -110,10 +110,20 @@ def projects(draw: st.DrawFn) -> Project:
 
 
 def fingerprint_codes(root: Path, files: dict[str, str]) -> dict[str, str]:
+    """Write the files, load, fingerprint; check that the code analysis cache agrees.
+
+    The cache lives in the project, so a second call in the same root (the edited or
+    dressed project) finds the analyses of the first.
+    """
     for name, text in files.items():
         (root / name).write_text(text)
     loaded = load_pipeline(root, "pipeline.py", "params.toml")
-    return {name: fp.code for name, fp in fingerprint_stages(loaded.functions, root).items()}
+    codes = {name: fp.code for name, fp in fingerprint_stages(loaded.functions, root).items()}
+    cache = open_code_cache(root / "cache-state")
+    cached = fingerprint_stages(loaded.functions, root, cache=cache)
+    cache.save()
+    assert {name: fp.code for name, fp in cached.items()} == codes
+    return codes
 
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -151,16 +161,27 @@ def test_a_helper_edit_changes_exactly_the_stages_that_reach_it(
 
 #: Runs in a fresh interpreter: fingerprint each project directory given on the command
 #: line and print the codes, plus the iteration order of a set (to prove seeds differ).
+#: Three ways: by the loader (its code analysis cache, in the project's state directory,
+#: was written by this test's own process), with no cache, and with a cache shared by the
+#: children only (the first child writes it, the others read it).
 CHILD = """
 import json, sys
 from pathlib import Path
-from pivot_supervise.workers._fingerprint import fingerprint_stages
+from pivot_supervise.workers._fingerprint import fingerprint_stages, open_code_cache
 from pivot_supervise.workers._loader import load_pipeline
-result = {"set_order": list({"zeta", "eta", "theta", "iota", "kappa", "lambda"}), "codes": []}
-for root in sys.argv[1:]:
-    loaded = load_pipeline(Path(root), "pipeline.py", "params.toml")
-    fps = fingerprint_stages(loaded.functions, Path(root))
+result = {"set_order": list({"zeta", "eta", "theta", "iota", "kappa", "lambda"}),
+          "codes": [], "by_loader": [], "cached": [], "hits": 0, "misses": 0}
+for root in map(Path, sys.argv[1:]):
+    loaded = load_pipeline(root, "pipeline.py", "params.toml")
+    result["by_loader"].append({s.name: s.code_fingerprint for s in loaded.snapshot.stages})
+    fps = fingerprint_stages(loaded.functions, root)
     result["codes"].append({name: fp.code for name, fp in fps.items()})
+    cache = open_code_cache(root / "children-cache")
+    fps = fingerprint_stages(loaded.functions, root, cache=cache)
+    cache.save()
+    result["cached"].append({name: fp.code for name, fp in fps.items()})
+    result["hits"] += cache.hits
+    result["misses"] += cache.misses
 print(json.dumps(result))
 """
 
@@ -196,4 +217,7 @@ def test_fingerprints_agree_across_processes_with_different_hash_seeds(
     # The seeds really do reorder sets; otherwise this test would prove nothing.
     assert len({tuple(run["set_order"]) for run in runs}) > 1
     for run in runs:
-        assert run["codes"] == in_process
+        assert run["codes"] == run["cached"] == run["by_loader"] == in_process
+    # The first child analysed every function, the others were served every analysis.
+    assert runs[0]["misses"] > 0
+    assert [(run["hits"], run["misses"]) for run in runs[1:]] == [(runs[0]["misses"], 0)] * 2

@@ -17,13 +17,17 @@ from pivot_supervise.workers._loader import load_pipeline
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "fingerprint_cost.py"
 
 
-def load_generator():
+def load_benchmark():
     spec = importlib.util.spec_from_file_location("fingerprint_cost_benchmark", BENCHMARK)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    return module.make_project
+    return module
+
+
+def load_generator():
+    return load_benchmark().make_project
 
 
 def test_two_hundred_stages_reach_exactly_their_helpers(tmp_path: Path) -> None:
@@ -32,3 +36,14 @@ def test_two_hundred_stages_reach_exactly_their_helpers(tmp_path: Path) -> None:
     fingerprints = fingerprint_stages(loaded.functions, tmp_path)
     assert {name: set(fp.functions) for name, fp in fingerprints.items()} == expected
     assert len({fp.code for fp in fingerprints.values()}) == 200
+
+
+def test_the_benchmark_runs_and_checks_what_it_measures(capsys) -> None:
+    # Tiny sizes, two rounds: the benchmark's own checks (right functions reached, the
+    # cache never changing a fingerprint) run; its timings are not looked at.
+    load_benchmark().main(["--stages", "4", "--functions", "40", "--repeat", "2"])
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert len(rows) == 8  # four cache states, in a fresh process and in this one
+    warm = [row for row in rows if row[18:].startswith("warm ")]
+    assert len(warm) == 2
+    assert all(row.endswith(" served, 0 made") for row in warm)

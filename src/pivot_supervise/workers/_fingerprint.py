@@ -40,13 +40,17 @@ What counts, and what deliberately does not:
 Cost: each function, class and constant is hashed ONCE (its *own* digest, with the
 names of what it references folded in); a stage's digest is then the hash of the sorted
 ``(name, own digest)`` pairs of everything it reaches.  Reachable sets are computed per
-strongly connected component (mutual recursion, methods that reference their class), so
-200 stages sharing 1,200 helpers cost one pass over the graph, not 200.
+strongly connected component (mutual recursion, methods that reference their class), as
+bitsets over the ranked pairs, so 200 stages sharing 1,200 helpers cost one pass over
+the graph, not 200.  Each binding a module's functions look up is serialised once per
+run, not once per reference.  The analysis of each code object (bytecode digest, names
+loaded) can be kept across processes in a :class:`~._codecache.CodeAnalysisCache` (see
+:func:`open_code_cache`): a new generation then analyses only the code of the files
+that changed since the last load.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import dis
 import enum
@@ -57,16 +61,25 @@ import json
 import re
 import sys
 import types
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from pivot_supervise import __version__
 from pivot_supervise.pipeline._freshness import diff_parts
 
+from ._codecache import Analysis, CodeAnalysisCache
 from ._imports import is_project_file, project_module_files
 
-__all__ = ["StageFingerprint", "diff_parts", "fingerprint_stages", "params_digest"]
+__all__ = [
+    "StageFingerprint",
+    "diff_parts",
+    "fingerprint_stages",
+    "open_code_cache",
+    "params_digest",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,22 +126,46 @@ def fingerprint_stages(
     project_root: Path,
     *,
     modules: Mapping[str, Path] | None = None,
+    cache: CodeAnalysisCache | None = None,
 ) -> dict[str, StageFingerprint]:
     """Fingerprint every stage function of a loaded pipeline.
 
     ``functions`` maps stage names to the functions the loader found; ``project_root``
     decides what is project code (modules whose file is under it, outside any virtualenv
     in it).  ``modules`` are those project modules, if the caller already scanned for
-    them.  Call it right after the load, in the process that imported the pipeline.
+    them.  ``cache`` (from :func:`open_code_cache`) serves and collects code analyses;
+    the result is the same with or without it, and saving it is the caller's business.
+    Call it right after the load, in the process that imported the pipeline.
     """
-    graph = _Graph(project_root, modules)
+    graph = _Graph(project_root, modules, cache)
     roots = {name: graph.root(name, func) for name, func in functions.items()}
     graph.build()
-    reach = graph.reachable_sets()
-    result: dict[str, StageFingerprint] = {}
-    for name, index in roots.items():
-        result[name] = graph.stage_fingerprint(reach[index])
-    return result
+    return graph.stage_fingerprints(roots)
+
+
+#: Bumped whenever the analysis of a code object (:meth:`_Graph._code`) changes meaning,
+#: so that no cache written by an older algorithm is ever read.
+_ANALYSIS_FORMAT = 1
+
+
+def open_code_cache(state_dir: Path) -> CodeAnalysisCache:
+    """The code analyses cached in ``state_dir`` by earlier loads (of this algorithm)."""
+    return CodeAnalysisCache.open(state_dir, _analysis_version())
+
+
+@functools.cache
+def _analysis_version() -> tuple[int, str, str]:
+    """What a cached analysis must have been computed by: format, release, this very file.
+
+    The digest of this module's own file covers an editable install, where the release
+    number stays put while the algorithm changes; the format number covers a release
+    whose file cannot be read.
+    """
+    try:
+        own = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    except OSError:
+        own = ""
+    return _ANALYSIS_FORMAT, __version__, own
 
 
 # ---------------------------------------------------------------------------- internals
@@ -158,42 +195,66 @@ _SCALARS = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
 
 
 def _blake(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return _blake_bytes(text.encode("utf-8", "surrogatepass"))
 
 
-@dataclass(slots=True)
+def _blake_bytes(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 class _Node:
-    label: str
-    kind: str
-    obj: object
-    digest: str = ""
-    edges: list[int] = dataclasses.field(default_factory=list[int])
+    """One project object: its label, its own digest, and the nodes it references."""
+
+    __slots__ = ("digest", "edges", "kind", "label", "obj")
+
+    def __init__(self, label: str, kind: str, obj: object) -> None:
+        self.label = label
+        self.kind = kind
+        self.obj = obj
+        self.digest = ""
+        self.edges: list[int] = []
 
 
-@dataclass(frozen=True, slots=True)
-class _CodeInfo:
-    digest: str
-    #: Names loaded as globals by this code object and the ones nested in it.
-    globals: frozenset[str]
-    #: Names loaded as attributes (or imported with ``from m import name``).
-    attrs: frozenset[str]
-    #: Module names passed to ``IMPORT_NAME`` anywhere in it.
-    imports: frozenset[str]
+#: The analysis of a code object, as plain data (what the cache keeps): its digest, and
+#: the names loaded as globals, as attributes (or by ``from m import name``) and as
+#: modules (``IMPORT_NAME``) by it and the code nested in it, each sorted.
+_CodeInfo = Analysis
+#: A name's binding as a node's text records it: the value (to check that a recorded
+#: binding is still the one looked up), the text, the edges it adds, and the project
+#: module it is, if it is one (its attributes are looked up too).
+_Bound = tuple[object, str, tuple[int, ...], types.ModuleType | None]
 
 
 class _Graph:
     """Project objects as nodes; an edge means "references"."""
 
-    def __init__(self, project_root: Path, modules: Mapping[str, Path] | None = None) -> None:
-        self._root = project_root.resolve()
-        self._modules = project_module_files(self._root) if modules is None else modules
+    def __init__(
+        self,
+        project_root: Path,
+        modules: Mapping[str, Path] | None = None,
+        cache: CodeAnalysisCache | None = None,
+    ) -> None:
+        if modules is None:  # resolving the root costs system calls: only when needed
+            modules = project_module_files(project_root.resolve())
+        self._modules = modules
+        self._cache = cache
         self.nodes: list[_Node] = []
         self._by_id: dict[int, int] = {}
         self._consts: dict[tuple[str, str], int] = {}
         self._codes: dict[int, _CodeInfo] = {}
         self._spec_cache: dict[str, str] = {}
+        #: By namespace (``id``, checked against the namespace itself): its module's
+        #: name and how each name looked up in it is bound, as a global and as a module
+        #: attribute.  Functions of one module share most of their references, so each
+        #: binding is serialised once, not once per reference.
+        self._global_bindings: dict[int, tuple[Mapping[str, Any], str, dict[str, _Bound]]] = {}
+        self._attribute_bindings: dict[int, tuple[Mapping[str, Any], dict[str, _Bound]]] = {}
+        #: Values serialised by :meth:`_shared_value`, by ``id`` (and the value itself).
+        self._shared: dict[int, tuple[object, str, tuple[int, ...]]] = {}
         self._pending: list[int] = []
-        #: Everything visited stays referenced until we are done, so no ``id`` is reused.
+        #: Everything keyed by ``id`` stays referenced until we are done, so that no ``id``
+        #: is reused: nodes hold their objects, records hold their values, and this holds
+        #: the code objects analysed.
         self._alive: list[object] = []
 
     # ------------------------------------------------------------------ node creation
@@ -201,13 +262,13 @@ class _Graph:
     def root(self, stage: str, func: object) -> int:
         if isinstance(func, types.FunctionType):
             return self._function_node(func)
-        return self._node(f"<stage>:{stage}", "value", func, key=func)
+        return self._node(f"<stage>:{stage}", "value", func)
 
-    def _node(self, label: str, kind: str, obj: object, *, key: object) -> int:
+    def _node(self, label: str, kind: str, obj: object) -> int:
+        """A new node for ``obj`` (which it keeps referenced, so its ``id`` stays its own)."""
         index = len(self.nodes)
-        self.nodes.append(_Node(label=label, kind=kind, obj=obj))
-        self._by_id[id(key)] = index
-        self._alive.append(key)
+        self.nodes.append(_Node(label, kind, obj))
+        self._by_id[id(obj)] = index
         self._pending.append(index)
         return index
 
@@ -220,27 +281,27 @@ class _Graph:
             return index
         module = func.__globals__.get("__name__")
         module = module if isinstance(module, str) else "?"
-        code_key = f"{module}:{func.__code__.co_qualname}"
-        shown = f"{getattr(func, '__module__', '?')}:{getattr(func, '__qualname__', '?')}"
-        # A ``functools.wraps`` wrapper claims the wrapped function's names; keep its own
-        # code name and show whom it wraps.
-        label = code_key if shown == code_key else f"{code_key}[{shown}]"
-        return self._node(label, "function", func, key=func)
+        qualname = func.__code__.co_qualname
+        label = f"{module}:{qualname}"
+        if func.__qualname__ != qualname or func.__module__ != module:
+            # A ``functools.wraps`` wrapper claims the wrapped function's names; keep its
+            # own code name and show whom it wraps.
+            label = f"{label}[{func.__module__}:{func.__qualname__}]"
+        return self._node(label, "function", func)
 
     def _class_node(self, cls: type) -> int:
         index = self._by_id.get(id(cls))
         if index is not None:
             return index
-        return self._node(f"{cls.__module__}:{cls.__qualname__}", "class", cls, key=cls)
+        return self._node(f"{cls.__module__}:{cls.__qualname__}", "class", cls)
 
     def _const_node(self, module: str, name: str, value: object) -> int:
         index = self._consts.get((module, name))
         if index is not None:
             return index
         index = len(self.nodes)
-        self.nodes.append(_Node(label=f"{module}:{name}", kind="const", obj=value))
+        self.nodes.append(_Node(f"{module}:{name}", "const", value))
         self._consts[(module, name)] = index
-        self._alive.append(value)
         self._pending.append(index)
         return index
 
@@ -248,12 +309,14 @@ class _Graph:
 
     def build(self) -> None:
         """Compute every pending node's own digest and edges (discovering new nodes)."""
-        while self._pending:
+        nodes = self.nodes
+        pending = self._pending
+        while pending:
             # Each node is pending exactly once: it is queued when it is created.
-            node = self.nodes[self._pending.pop()]
+            node = nodes[pending.pop()]
             edges: list[int] = []
             if node.kind == "function":
-                text = self._function_text(cast("types.FunctionType", node.obj), edges)
+                text = self._function_text(node.obj, edges)  # pyright: ignore[reportArgumentType]
             elif node.kind == "class":
                 text = self._class_text(cast("type", node.obj), edges)
             else:
@@ -265,14 +328,14 @@ class _Graph:
 
     def _function_text(self, func: types.FunctionType, edges: list[int]) -> str:
         info = self._code(func.__code__)
-        out: list[str] = [info.digest, "|g"]
+        out: list[str] = [info[0], "|g"]
         self._resolve_names(func.__globals__, info, out, edges)
         if func.__defaults__:
             out.append("|d")
-            self._value(func.__defaults__, out, edges, set())
+            self._shared_value(func.__defaults__, out, edges)
         if func.__kwdefaults__:
             out.append("|k")
-            self._value(func.__kwdefaults__, out, edges, set())
+            self._shared_value(func.__kwdefaults__, out, edges)
         if func.__closure__:
             out.append("|c")
             for cell in func.__closure__:
@@ -293,34 +356,69 @@ class _Graph:
         self, namespace: Mapping[str, Any], info: _CodeInfo, out: list[str], edges: list[int]
     ) -> None:
         """Record what each referenced global name is bound to; follow project code."""
-        module_name = namespace.get("__name__")
-        module_name = module_name if isinstance(module_name, str) else "?"
+        known = self._global_bindings.get(id(namespace))
+        if known is None or known[0] is not namespace:
+            module_name = namespace.get("__name__")
+            module_name = module_name if isinstance(module_name, str) else "?"
+            known = self._global_bindings[id(namespace)] = (namespace, module_name, {})
+        _, module_name, recorded = known
+        _, global_names, attrs, imports = info
         modules: dict[str, types.ModuleType] = {}
-        for name in sorted(info.globals):
+        for name in global_names:
             value = namespace.get(name, _MISSING)
             if value is _MISSING:
                 continue
-            out.append(f"{name}=")
-            self._binding(module_name, name, value, out=out, edges=edges, modules=modules)
-        for imported in sorted(info.imports):
+            bound = recorded.get(name)
+            if bound is None or bound[0] is not value:
+                bound = recorded[name] = self._bound(module_name, name, value, f"{name}=")
+            _, text, targets, module = bound
+            out.append(text)
+            edges.extend(targets)
+            if module is not None:
+                modules.setdefault(module.__name__, module)
+        for imported in imports:
             self._imported(imported, namespace, out, modules)
         # ``helpers.h1`` and ``pkg.sub.f``: look the attribute names up in referenced
         # project modules, and in the modules found that way, until nothing new turns up.
-        names = sorted(info.attrs)
         seen: set[str] = set()
-        while True:
-            fresh = sorted(m for m in modules if m not in seen)
-            if not fresh:
-                break
+        fresh = sorted(modules) if attrs else []
+        while fresh:
             for mod_name in fresh:
                 seen.add(mod_name)
                 mod_dict = vars(modules[mod_name])
-                for name in names:
+                known_attributes = self._attribute_bindings.get(id(mod_dict))
+                if known_attributes is None or known_attributes[0] is not mod_dict:
+                    known_attributes = self._attribute_bindings[id(mod_dict)] = (mod_dict, {})
+                recorded = known_attributes[1]
+                for name in attrs:
                     value = mod_dict.get(name, _MISSING)
                     if value is _MISSING:
                         continue
-                    out.append(f"{mod_name}.{name}=")
-                    self._binding(mod_name, name, value, out=out, edges=edges, modules=modules)
+                    bound = recorded.get(name)
+                    if bound is None or bound[0] is not value:
+                        prefix = f"{mod_name}.{name}="
+                        bound = recorded[name] = self._bound(mod_name, name, value, prefix)
+                    _, text, targets, module = bound
+                    out.append(text)
+                    edges.extend(targets)
+                    if module is not None:
+                        modules.setdefault(module.__name__, module)
+            grown = len(modules) > len(seen)
+            fresh = sorted(m for m in modules if m not in seen) if grown else []
+
+    def _bound(self, module_name: str, name: str, value: object, prefix: str) -> _Bound:
+        """How the binding of ``name`` to ``value`` is recorded (see :data:`_Bound`)."""
+        if type(value) is types.FunctionType:
+            # The common case, exactly as :meth:`_binding` and :meth:`_value` record it.
+            if value.__globals__.get("__name__") in self._modules:
+                index = self._function_node(value)
+                return value, f"{prefix}<fn {self.nodes[index].label}>;", (index,), None
+            return value, f"{prefix}<ext-fn {_qualified(value)}>;", (), None
+        out = [prefix]
+        edges: list[int] = []
+        modules: dict[str, types.ModuleType] = {}
+        self._binding(module_name, name, value, out=out, edges=edges, modules=modules)
+        return value, "".join(out), tuple(edges), next(iter(modules.values()), None)
 
     def _binding(
         self,
@@ -420,6 +518,18 @@ class _Graph:
 
     # ------------------------------------------------------------------ values
 
+    def _shared_value(self, value: object, out: list[str], edges: list[int]) -> None:
+        """:meth:`_value` for an object many functions share (the default arguments of
+        one module's functions are one constant tuple): serialised once per run."""
+        known = self._shared.get(id(value))
+        if known is None or known[0] is not value:
+            text: list[str] = []
+            targets: list[int] = []
+            self._value(value, text, targets, set())
+            known = self._shared[id(value)] = (value, "".join(text), tuple(targets))
+        out.append(known[1])
+        edges.extend(known[2])
+
     def _value(self, value: object, out: list[str], edges: list[int], path: set[int]) -> None:
         """Append a stable serialisation of ``value``; project code becomes an edge."""
         if isinstance(value, _SCALARS):
@@ -445,7 +555,7 @@ class _Graph:
             out.append(f"<module {value.__name__}>")
             return
         if isinstance(value, types.CodeType):
-            out.append(f"<code {self._code(value).digest}>")
+            out.append(f"<code {self._code(value)[0]}>")
             return
         if isinstance(value, types.BuiltinFunctionType | types.BuiltinMethodType):
             out.append(f"<builtin {_qualified(value)}>")
@@ -556,10 +666,30 @@ class _Graph:
 
     # ------------------------------------------------------------------ code objects
 
-    def _code(self, code: types.CodeType) -> _CodeInfo:
+    def _code(self, code: types.CodeType, *, nested: bool = False) -> _CodeInfo:
+        """The analysis of ``code``, from this run, the persistent cache, or made now.
+
+        A ``nested`` code object (met as a constant while analysing its parent) gets no
+        cache entry of its own: its analysis is folded into the parent's entry.  Code
+        reached on its own (a function's ``__code__``, even an inner function's) has one.
+        """
         info = self._codes.get(id(code))
         if info is not None:
             return info
+        cache = None if nested else self._cache
+        key = None
+        if cache is not None:
+            key, info = cache.lookup(code)
+        if info is None:
+            info = self._analyse(code)
+            if cache is not None and key is not None:
+                cache.put(key, info)
+        self._codes[id(code)] = info
+        self._alive.append(code)
+        return info
+
+    def _analyse(self, code: types.CodeType) -> _CodeInfo:
+        """The digest of ``code`` and the names it loads: a function of the code alone."""
         normalised, order, loaded, remap = _scan(code)
         global_names, attrs, imports = loaded
         # Only the constants the instructions load, in the order they are first loaded:
@@ -590,94 +720,145 @@ class _Graph:
                 continue
             const = consts[index]
             if isinstance(const, types.CodeType):
-                nested = self._code(const)
-                global_names |= nested.globals
-                attrs |= nested.attrs
-                imports |= nested.imports
-                out.append(f"<code {nested.digest}>")
+                nested_digest, nested_globals, nested_attrs, nested_imports = self._code(
+                    const, nested=True
+                )
+                global_names.update(nested_globals)
+                attrs.update(nested_attrs)
+                imports.update(nested_imports)
+                out.append(f"<code {nested_digest}>")
             else:
                 self._value(const, out, dummy_edges, set())
             out.append(",")
         digest.update("".join(out).encode("utf-8", "surrogatepass"))
-        info = _CodeInfo(
-            digest.hexdigest(), frozenset(global_names), frozenset(attrs), frozenset(imports)
+        return (
+            digest.hexdigest(),
+            tuple(sorted(global_names)),
+            tuple(sorted(attrs)),
+            tuple(sorted(imports)),
         )
-        self._codes[id(code)] = info
-        self._alive.append(code)
-        return info
 
-    # ------------------------------------------------------------------ reachability
+    # ------------------------------------------------------------------ stages
 
-    def reachable_sets(self) -> list[frozenset[int]]:
-        """For every node, the set of nodes it reaches (itself included).
+    def stage_fingerprints(self, roots: Mapping[str, int]) -> dict[str, StageFingerprint]:
+        """The fingerprint of each stage, from the node of its function.
+
+        A stage's parts are the distinct ``(label, digest)`` pairs of the nodes it
+        reaches, sorted; its code is the digest of those pairs.  The pairs are ranked
+        once for the whole graph, and a set of ranks is an ``int`` with a bit per rank:
+        a union of two sets is one ``|``, where sets of ints cost an insertion per
+        element (reachable sets overlap a lot, so that is most of the work).
+        """
+        nodes = self.nodes
+        pairs = sorted({(node.label, node.digest) for node in nodes})
+        count = len(pairs)
+        bit_of = {pair: 1 << (count - 1 - rank) for rank, pair in enumerate(pairs)}
+        reach = self._reachable([bit_of[node.label, node.digest] for node in nodes])
+        labels = [label for label, _ in pairs]
+        digests = [digest for _, digest in pairs]
+        # Encoded once: a stage's code is the digest of its parts' lines, joined.
+        lines = [f"{label}\0{digest}\n".encode("utf-8", "surrogatepass") for label, digest in pairs]
+        # A label with two digests (two lambdas of one module, say): a stage reaching
+        # both tells them apart by content.
+        repeated = {label for label, times in Counter(labels).items() if times > 1}
+        ambiguous = sum(bit_of[pair] for pair in pairs if pair[0] in repeated)
+        result: dict[str, StageFingerprint] = {}
+        for stage, index in roots.items():
+            ranks = _ranks_in(reach[index], count)
+            if reach[index] & ambiguous:
+                result[stage] = _named_apart([pairs[rank] for rank in ranks])
+                continue
+            functions = tuple([labels[rank] for rank in ranks])
+            parts = dict(zip(functions, [digests[rank] for rank in ranks], strict=True))
+            code = _blake_bytes(b"".join([lines[rank] for rank in ranks]))
+            result[stage] = StageFingerprint(code=code, functions=functions, parts=parts)
+        return result
+
+    def _reachable(self, bits: list[int]) -> list[int]:
+        """For every node, the union of the ``bits`` of the nodes it reaches (its own too).
 
         Tarjan's algorithm, iteratively: it emits strongly connected components after
-        all the components they reach, so each component's set is its members plus the
-        already computed sets of its successors.
+        all the components they reach, so each component's set is its members' bits
+        plus the already computed sets of its successors.
         """
-        count = len(self.nodes)
+        successors = [node.edges for node in self.nodes]
+        count = len(successors)
         index_of = [-1] * count
         low = [0] * count
         on_stack = [False] * count
         stack: list[int] = []
-        reach: list[frozenset[int]] = [frozenset()] * count
+        reach = [0] * count
         counter = 0
         for start in range(count):
             if index_of[start] != -1:
                 continue
-            work: list[tuple[int, int]] = [(start, 0)]
+            index_of[start] = low[start] = counter
+            counter += 1
+            stack.append(start)
+            on_stack[start] = True
+            work = [(start, iter(successors[start]))]
             while work:
-                node, child = work[-1]
-                if child == 0:
-                    index_of[node] = low[node] = counter
-                    counter += 1
-                    stack.append(node)
-                    on_stack[node] = True
-                edges = self.nodes[node].edges
-                if child < len(edges):
-                    work[-1] = (node, child + 1)
-                    target = edges[child]
+                node, children = work[-1]
+                for target in children:
                     if index_of[target] == -1:
-                        work.append((target, 0))
-                    elif on_stack[target]:
-                        low[node] = min(low[node], index_of[target])
-                    continue
-                work.pop()
-                if work:
-                    parent = work[-1][0]
-                    low[parent] = min(low[parent], low[node])
-                if low[node] == index_of[node]:
-                    members: list[int] = []
-                    while True:
-                        member = stack.pop()
-                        on_stack[member] = False
-                        members.append(member)
-                        if member == node:
-                            break
-                    combined = set(members)
-                    for member in members:
-                        for target in self.nodes[member].edges:
-                            if not on_stack[target] and target not in combined:
+                        index_of[target] = low[target] = counter
+                        counter += 1
+                        stack.append(target)
+                        on_stack[target] = True
+                        work.append((target, iter(successors[target])))
+                        break  # descend; this node's iterator resumes afterwards
+                    if on_stack[target] and index_of[target] < low[node]:
+                        low[node] = index_of[target]
+                else:
+                    work.pop()
+                    if work:
+                        parent = work[-1][0]
+                        low[parent] = min(low[parent], low[node])
+                    if low[node] == index_of[node]:
+                        members = [stack.pop()]
+                        while members[-1] != node:
+                            members.append(stack.pop())
+                        combined = 0
+                        for member in members:
+                            on_stack[member] = False
+                            combined |= bits[member]
+                            for target in successors[member]:
+                                # Every target's set is complete by now, except those
+                                # of the component's own members: still empty.
                                 combined |= reach[target]
-                    frozen = frozenset(combined)
-                    for member in members:
-                        reach[member] = frozen
+                        for member in members:
+                            reach[member] = combined
         return reach
 
-    def stage_fingerprint(self, reachable: frozenset[int]) -> StageFingerprint:
-        nodes = self.nodes
-        pairs = sorted({(nodes[i].label, nodes[i].digest) for i in reachable})
-        labels = [label for label, _ in pairs]
-        if len(set(labels)) != len(labels):
-            # Two lambdas of one module, say: tell them apart by content.
-            repeated = {label for label in labels if labels.count(label) > 1}
-            pairs = sorted(
-                (f"{label}#{digest[:12]}" if label in repeated else label, digest)
-                for label, digest in pairs
-            )
-        parts = dict(pairs)
-        code = _blake("".join(f"{name}\0{digest}\n" for name, digest in pairs))
-        return StageFingerprint(code=code, functions=tuple(parts), parts=parts)
+
+def _ranks_in(bits: int, count: int) -> list[int]:
+    """The ranks whose bits are set, lowest first (rank ``r`` is bit ``count - 1 - r``).
+
+    ``bin`` spells the highest bit first, so it lists the ranks in ascending order.
+    """
+    text = bin(bits)
+    offset = count - len(text)
+    ranks: list[int] = []
+    at = text.find("1", 2)
+    while at != -1:
+        ranks.append(at + offset)
+        at = text.find("1", at + 1)
+    return ranks
+
+
+def _named_apart(pairs: list[tuple[str, str]]) -> StageFingerprint:
+    """A stage's fingerprint from its sorted ``(label, digest)`` pairs, when some label
+    may come with two digests: such a label gets its digest's start appended."""
+    labels = [label for label, _ in pairs]
+    if len(set(labels)) != len(labels):
+        repeated = {label for label in labels if labels.count(label) > 1}
+        pairs = sorted(
+            (f"{label}#{digest[:12]}" if label in repeated else label, digest)
+            for label, digest in pairs
+        )
+    parts = dict(pairs)
+    code = _blake("".join(f"{name}\0{digest}\n" for name, digest in pairs))
+    return StageFingerprint(code=code, functions=tuple(parts), parts=parts)
 
 
 def _name_ops() -> tuple[dict[int, int], dict[int, int]]:

@@ -15,6 +15,9 @@ milliseconds; running the wrong code costs the user's trust.
 The loader also remembers the exact bytes it compiled, so that the code digest of a load
 describes the code that runs, not whatever is on disk a moment later, and so that the
 other workers of a generation can be given exactly those bytes (see :mod:`._overlay`).
+It keeps the module code object of each file's last compilation too: that is how the
+persistent cache of code analyses (:mod:`._codecache`) knows which source a function's
+code object was compiled from, without trusting its ``co_filename`` or the disk.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "install_fresh_source_imports",
     "installed_project_roots",
     "is_project_file",
+    "last_compilation",
     "project_module_files",
     "purge_project_modules",
     "source_digest",
@@ -54,6 +58,10 @@ _lock = threading.Lock()
 _roots: set[Path] = set()
 #: The source bytes each file was last compiled from and their sha256, by resolved path.
 _compiled: dict[Path, tuple[bytes, str]] = {}
+#: The sha256 of the source and the module code object of each file's last compilation,
+#: by the file name exactly as given to ``compile`` (what its code objects carry as
+#: ``co_filename``).  One entry per project file, replaced at each compilation.
+_compilations: dict[str, tuple[str, CodeType]] = {}
 
 
 class FreshSourceLoader(importlib.machinery.SourceFileLoader):
@@ -62,11 +70,15 @@ class FreshSourceLoader(importlib.machinery.SourceFileLoader):
     def get_code(self, fullname: str) -> CodeType:
         path = self.get_filename(fullname)
         source = self.get_data(path)
+        digest = hashlib.sha256(source).hexdigest()
         with _lock:
-            _compiled[Path(path).resolve()] = (source, hashlib.sha256(source).hexdigest())
+            _compiled[Path(path).resolve()] = (source, digest)
         # ``source_to_code`` is what SourceLoader uses after a cache miss; calling it
         # directly skips the cache lookup entirely.
-        return self.source_to_code(source, path)
+        code = self.source_to_code(source, path)
+        with _lock:
+            _compilations[path] = (digest, code)
+        return code
 
     def set_data(self, path: str, data: ReadableBuffer, *, _mode: int = 0o666) -> None:
         """Never write a ``.pyc`` for project code (a stale one is the whole problem)."""
@@ -245,3 +257,15 @@ def compiled_source(path: Path) -> bytes | None:
     with _lock:
         known = _compiled.get(path.resolve())
     return known[0] if known is not None else None
+
+
+def last_compilation(filename: str) -> tuple[str, CodeType] | None:
+    """The last compilation of ``filename`` by our loader: (sha256 of the source, module code).
+
+    ``filename`` is matched exactly as it was given to ``compile`` (a code object's
+    ``co_filename``).  ``None``: our loader never compiled a file of that name in this
+    process.  Every code object defined in the module is reachable from the module code
+    through ``co_consts``; one that is not was compiled some other way.
+    """
+    with _lock:
+        return _compilations.get(filename)

@@ -30,7 +30,7 @@ from pivot_supervise.pipeline._model import PipelineSnapshot, StageSpec
 from pivot_supervise.pipeline._paths import normalize_stage_path
 from pivot_supervise.pipeline._registry import REGISTRY, Registration
 
-from ._fingerprint import fingerprint_stages, params_digest
+from ._fingerprint import fingerprint_stages, open_code_cache, params_digest
 from ._imports import (
     install_fresh_source_imports,
     installed_project_roots,
@@ -44,6 +44,10 @@ from ._overlay import SourceOverlay, ValidatedPipeline, overlay_imports
 __all__ = ["LoadedPipeline", "PipelineLoadError", "load_pipeline", "load_validated"]
 
 StageFunction = Callable[..., Any]
+
+#: The project's state directory, as ``supervisor._state.STATE_DIR`` names it (a worker
+#: does not import the supervisor's modules); the watcher ignores it.
+STATE_DIR = ".pivot-supervise"
 
 
 class PipelineLoadError(Exception):
@@ -230,13 +234,19 @@ def _with_fingerprints(
     root: Path,
     modules: Mapping[str, Path],
 ) -> list[StageSpec]:
-    """Each spec with its code and params fingerprints, computed here, next to the code."""
-    prints = fingerprint_stages(functions, root, modules=modules)
+    """Each spec with its code and params fingerprints, computed here, next to the code.
+
+    Code analyses are reused from, and saved to, the project's state directory: the
+    previous generation analysed every file this save did not touch.
+    """
+    cache = open_code_cache(root / STATE_DIR)
+    prints = fingerprint_stages(functions, root, modules=modules, cache=cache)
+    cache.save()
     return [
         dataclasses.replace(
             spec,
             code_fingerprint=prints[spec.name].code,
-            code_parts=dict(prints[spec.name].parts),
+            code_parts=prints[spec.name].parts,  # a fresh dict per stage: no copy needed
             params_digest=params_digest(spec.params),
         )
         for spec in specs

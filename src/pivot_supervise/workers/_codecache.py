@@ -1,0 +1,274 @@
+"""Analyses of code objects kept across processes, so that a fresh worker does not redo them.
+
+In watch mode every generation is a fresh interpreter that imports the project again and
+fingerprints it, usually after a save that changed one file.  About half of
+fingerprinting is analysing code objects (a digest of the normalised bytecode, the names
+it loads), and that analysis is a pure function of the code object.  This cache keeps
+those results in the project's state directory, so that the next generation analyses
+only the code of the files that changed.
+
+Which code object is which, across processes
+    A code object is named by the sha256 of the exact bytes our loader compiled
+    (:func:`._imports.last_compilation`: the source's digest and the module code object,
+    recorded at compile time, never read from disk later) and by its position in that
+    compilation's tree of code objects (breadth-first over ``co_consts``: the module's
+    functions and classes first, then what is defined in those, and so on; a level is
+    numbered only when a code object is looked for there).  The same bytes compiled by
+    the same interpreter at the same optimisation level give the same tree, so that pair
+    names the same code in every process.  A code object not found in the tree of its
+    file's last compilation (made by ``exec`` under a project file's name, or by an
+    earlier compilation of a file imported twice) gets no name: it is analysed every
+    time, never served someone else's result.
+
+    Why not the file name with ``co_qualname``, ``co_firstlineno`` and ``co_linetable``:
+    with debug ranges off (``-X no_debug_ranges``) the line table has no columns, and two
+    lambdas on one line would share a key, so an edit of one could be missed; and
+    ``co_filename`` says which file a code object claims, not which bytes made it.
+
+The file
+    ``<state dir>/code-analyses.<cache tag>.bin``: a magic line, a BLAKE2b digest of the
+    payload, and the payload, a ``marshal`` of plain tuples, dicts and strings (private,
+    and the fastest thing to read back).  The payload starts with a header that must
+    equal this process's: this module's layout number and file digest, the analysis
+    version the caller gives, the interpreter's exact version, the optimisation level.
+    Anything else (a foreign, truncated, damaged or unreadable file, another header)
+    reads as an empty cache.  The file is rewritten atomically (temporary file,
+    ``os.replace``) only when something new was analysed, and holds only the entries
+    this load used, so it does not grow without bound.  A failed write costs the next
+    load time, never an error: the reason is in :attr:`CodeAnalysisCache.write_error`.
+    The digest guards against damage, not against someone who can write to the project
+    (they can edit the code itself).
+
+Not thread-safe: one load uses one cache object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import marshal
+import os
+import sys
+import threading
+import types
+from pathlib import Path
+from typing import cast
+
+from ._imports import last_compilation
+
+__all__ = ["Analysis", "CacheKey", "CodeAnalysisCache"]
+
+#: Bumped when the file's layout or the numbering of positions changes (what an entry
+#: means is the caller's ``version``).
+_LAYOUT = 1
+_MAGIC = b"pivot-supervise code analyses\n"
+_DIGEST_SIZE = 32
+#: A code object's name across processes: (sha256 of its file's source, position).
+CacheKey = tuple[str, int]
+#: What is kept per code object: its digest and three sorted tuples of names.
+Analysis = tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+#: Plain data naming what wrote a file (see :meth:`CodeAnalysisCache.open`).
+Version = tuple[int | str, ...]
+_Header = tuple[int | str | Version, ...]
+_Entries = dict[str, dict[int, Analysis]]
+
+
+class CodeAnalysisCache:
+    """What earlier loads computed per code object, and what this load used or added.
+
+    Use :meth:`open`, then :meth:`lookup` before analysing a code object and
+    :meth:`put` after, and :meth:`save` once the load is done.  The counters are
+    for tests and benchmarks: ``hits`` (served from the file), ``misses`` (analysed and
+    added) and ``unnamed`` (code objects that cannot be cached, see the module doc).
+    """
+
+    def __init__(self, path: Path, header: _Header, stored: _Entries | None = None) -> None:
+        self.path = path
+        self._header = header
+        self._stored: _Entries = stored or {}
+        self._used: _Entries = {}
+        self._compilations: dict[str, _Compilation | None] = {}
+        self.hits = 0
+        self.misses = 0
+        self.unnamed = 0
+        #: Why the last :meth:`save` could not write the file (``None``: it could, or
+        #: there was nothing to write).
+        self.write_error: str | None = None
+
+    @classmethod
+    def open(cls, directory: Path, version: Version) -> CodeAnalysisCache:
+        """The cache kept in ``directory`` for analyses of the given ``version``.
+
+        ``version`` names what an entry means (the analysis algorithm); entries of any
+        other version, interpreter or optimisation level are never served.  A missing or
+        unusable file gives an empty cache; this never raises for the file's sake.
+        """
+        tag = sys.implementation.cache_tag or sys.implementation.name
+        path = directory / f"code-analyses.{tag}.bin"
+        header: _Header = (
+            _LAYOUT,
+            _own_digest(),
+            version,
+            sys.implementation.name,
+            sys.version,
+            sys.flags.optimize,
+        )
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return cls(path, header)
+        return cls(path, header, _parse(data, header))
+
+    # ------------------------------------------------------------------ lookups
+
+    def lookup(self, code: types.CodeType) -> tuple[CacheKey | None, Analysis | None]:
+        """The name of ``code`` across processes and its stored analysis.
+
+        The name is ``None`` for code that cannot have one (see the module doc), the
+        analysis ``None`` if no earlier load stored one under that name.
+        """
+        filename = code.co_filename
+        try:
+            compilation = self._compilations[filename]
+        except KeyError:
+            found = last_compilation(filename)
+            compilation = self._compilations[filename] = (
+                _Compilation(*found) if found is not None else None
+            )
+        position = None
+        if compilation is not None:
+            position = compilation.positions.get(id(code))
+            if position is None:
+                position = compilation.position(code)
+        if compilation is None or position is None:
+            self.unnamed += 1
+            return None, None
+        digest = compilation.digest
+        entries = self._stored.get(digest)
+        entry = entries.get(position) if entries is not None else None
+        if type(entry) is not tuple or len(entry) != 4:
+            return (digest, position), None
+        self.hits += 1
+        used = self._used.get(digest)
+        if used is None:
+            used = self._used[digest] = {}
+        used[position] = entry
+        return (digest, position), entry
+
+    def put(self, key: CacheKey, entry: Analysis) -> None:
+        """Record the analysis just made for ``key``."""
+        digest, position = key
+        self.misses += 1
+        self._used.setdefault(digest, {})[position] = entry
+
+    # ------------------------------------------------------------------ the file
+
+    def save(self) -> None:
+        """Write the entries this load used, if it analysed anything new; never raises."""
+        if not self.misses:
+            return
+        payload = marshal.dumps((self._header, self._used))
+        data = _MAGIC + hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest() + payload
+        try:
+            _write_atomically(self.path, data)
+        except OSError as exc:
+            self.write_error = f"cannot write {self.path}: {exc}"
+        else:
+            self.write_error = None
+
+
+@functools.cache
+def _own_digest() -> str:
+    """A digest of this file: how positions are numbered must match, even between two
+    commits of an editable install that share a release number and a ``_LAYOUT``."""
+    try:
+        return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def _parse(data: bytes, header: _Header) -> _Entries:
+    """The entries of a cache file's bytes, or nothing if they are not a healthy file of ours."""
+    start = len(_MAGIC) + _DIGEST_SIZE
+    if not data.startswith(_MAGIC) or len(data) <= start:
+        return {}
+    payload = data[start:]
+    if hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest() != data[len(_MAGIC) : start]:
+        return {}
+    try:
+        content: object = marshal.loads(payload)
+    except (EOFError, ValueError, TypeError):
+        return {}
+    if type(content) is not tuple or len(cast("tuple[object, ...]", content)) != 2:
+        return {}
+    found_header, entries = cast("tuple[object, object]", content)
+    if found_header != header or type(entries) is not dict:
+        return {}
+    # The digest makes a damaged file unreadable, and the header an outdated one: what
+    # is left to check is the outline (an entry's shape is checked in ``lookup``).
+    entries = cast("dict[object, object]", entries)
+    if not all(type(v) is dict for v in entries.values()):
+        return {}
+    return cast("_Entries", entries)
+
+
+class _Compilation:
+    """One compilation of a file: its source's digest, and where its code objects sit.
+
+    Positions are numbered breadth-first, one whole level of the tree at a time and only
+    as deep as a lookup needs: most code looked up is a module-level function (level
+    one), and the comprehensions and lambdas inside functions are many.
+    """
+
+    __slots__ = ("_count", "_level", "digest", "module_code", "positions")
+
+    def __init__(self, digest: str, module_code: types.CodeType) -> None:
+        self.digest = digest
+        #: Referenced, so that no ``id`` in the map can be reused while it is in use.
+        self.module_code = module_code
+        #: The positions numbered so far, by ``id`` of the code object.
+        self.positions = {id(module_code): 0}
+        self._count = 1
+        self._level = [module_code]
+
+    def position(self, code: types.CodeType) -> int | None:
+        """Where ``code`` sits in this compilation, or ``None`` if it is not part of it."""
+        positions = self.positions
+        position = positions.get(id(code))
+        while position is None and self._level:
+            level = [
+                const
+                for parent in self._level
+                for const in parent.co_consts
+                if type(const) is types.CodeType
+            ]
+            for offset, const in enumerate(level, self._count):
+                positions.setdefault(id(const), offset)
+            self._count += len(level)
+            self._level = level
+            position = positions.get(id(code))
+        return position
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` by a file holding ``data``; a reader sees the old or the new file."""
+    directory = path.parent
+    if not directory.is_dir():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The state directory is never committed (the state store writes the same).
+        (directory / ".gitignore").write_text("# State of pivot-supervise; never commit it.\n*\n")
+    # Named after this process and thread rather than made by ``tempfile.mkstemp``,
+    # whose first call in a process (seeding its random names) costs more than the
+    # write.  One left behind by a killed process is overwritten by its pid's next use.
+    temporary = directory / f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    fd = os.open(temporary, flags, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

@@ -1,0 +1,320 @@
+"""The cache of code analyses: it saves time, and it never changes a fingerprint.
+
+Every test writes a real project, loads it with the real loader and fingerprints it with
+a cache opened on a real state directory, against the same fingerprints computed with no
+cache at all.  Hits and misses are read from the cache's counters, never from timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from pivot_supervise.supervisor._state import STATE_DIR as SUPERVISOR_STATE_DIR
+from pivot_supervise.workers._codecache import CodeAnalysisCache
+from pivot_supervise.workers._fingerprint import fingerprint_stages, open_code_cache
+from pivot_supervise.workers._loader import STATE_DIR, load_pipeline
+
+HEADER = "from pivot_supervise.pipeline._stage import stage\n"
+
+PIPELINE = """
+    import helpers
+
+    @stage(outs=["a.txt"])
+    def a():
+        return helpers.shared(1)
+
+    @stage(outs=["b.txt"])
+    def b():
+        return helpers.only_b()
+"""
+
+HELPERS = """
+    def shared(x):
+        return x + 1
+
+    def only_b():
+        return [i * 2 for i in range(3)]
+"""
+
+
+def write(root: Path, files: Mapping[str, str]) -> None:
+    for name, text in files.items():
+        body = textwrap.dedent(text)
+        (root / name).write_text(HEADER + body if name == "pipeline.py" else body)
+
+
+def fingerprints(root: Path, cache: CodeAnalysisCache | None = None) -> dict[str, str]:
+    """Load the project as it is on disk; fingerprint it with ``cache`` (and save it)."""
+    loaded = load_pipeline(root, "pipeline.py", "params.toml", fingerprints=False)
+    prints = fingerprint_stages(loaded.functions, root, modules=loaded.modules, cache=cache)
+    if cache is not None:
+        cache.save()
+    return {name: fp.code for name, fp in prints.items()}
+
+
+def cached_and_uncached(root: Path, state: Path) -> tuple[dict[str, str], CodeAnalysisCache]:
+    """Fingerprints with the cache in ``state``, checked against those with no cache."""
+    cache = open_code_cache(state)
+    cached = fingerprints(root, cache)
+    assert cached == fingerprints(root)
+    return cached, cache
+
+
+def cache_file(state: Path) -> Path:
+    (path,) = state.glob("code-analyses.*.bin")
+    return path
+
+
+def test_a_warm_cache_gives_the_same_fingerprints_without_analysing_again(tmp_path: Path) -> None:
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    state = tmp_path / "state"
+    cold, first = cached_and_uncached(tmp_path, state)
+    warm, second = cached_and_uncached(tmp_path, state)
+    assert warm == cold
+    assert (first.hits, first.misses) == (0, 4)  # a, b, shared, only_b
+    assert (second.hits, second.misses) == (4, 0)
+
+
+def test_only_the_code_of_an_edited_file_is_analysed_again(tmp_path: Path) -> None:
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    state = tmp_path / "state"
+    before, _ = cached_and_uncached(tmp_path, state)
+    write(tmp_path, {"helpers.py": HELPERS.replace("x + 1", "x + 2")})
+    after, cache = cached_and_uncached(tmp_path, state)
+    assert after["a"] != before["a"]
+    assert after["b"] == before["b"]
+    # The pipeline's two stages are served; both helpers are analysed again, since
+    # what names a code object is the exact source of its file.
+    assert (cache.hits, cache.misses) == (2, 2)
+
+
+EDITS = {
+    "a function body": (
+        "def helper():\n    return 1\n",
+        "def helper():\n    return 2\n",
+    ),
+    "a constant in one of two lambdas on one line": (
+        "first = lambda: 1; second = lambda: 2\ndef helper():\n    return second()\n",
+        "first = lambda: 1; second = lambda: 3\ndef helper():\n    return second()\n",
+    ),
+    "a nested function": (
+        "def helper():\n    def inner():\n        return 1\n    return inner()\n",
+        "def helper():\n    def inner():\n        return 2\n    return inner()\n",
+    ),
+    "a comprehension": (
+        "def helper():\n    return [x * 2 for x in range(3)]\n",
+        "def helper():\n    return [x * 3 for x in range(3)]\n",
+    ),
+    "a closure made by a decorator": (
+        "def deco(f):\n    def wrapper():\n        return f() + 1\n    return wrapper\n"
+        "@deco\ndef helper():\n    return 1\n",
+        "def deco(f):\n    def wrapper():\n        return f() + 2\n    return wrapper\n"
+        "@deco\ndef helper():\n    return 1\n",
+    ),
+}
+
+USES_HELPER = """
+    import helpers
+
+    @stage(outs=["a.txt"])
+    def a():
+        return helpers.helper()
+"""
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_an_edit_changes_the_fingerprint_with_a_warm_cache(tmp_path: Path, edit: str) -> None:
+    before_source, after_source = EDITS[edit]
+    state = tmp_path / "state"
+    write(tmp_path, {"pipeline.py": USES_HELPER, "helpers.py": before_source})
+    before, _ = cached_and_uncached(tmp_path, state)
+    cached_and_uncached(tmp_path, state)  # every analysis is in the file now
+    write(tmp_path, {"helpers.py": after_source})
+    after, cache = cached_and_uncached(tmp_path, state)
+    assert after != before
+    assert cache.hits == 1  # the stage itself: pipeline.py did not change
+
+
+def test_code_compiled_outside_the_loader_is_never_served_from_the_cache(tmp_path: Path) -> None:
+    # Code compiled from another file's text under the helper file's own name: it
+    # claims ``helpers.py`` (and matches its first function by name, line and columns)
+    # but was not compiled from it.  Only ``snippet.txt`` changes.
+    helpers = """
+        from pathlib import Path
+
+        def helper():
+            return 1
+
+        namespace = {"__name__": __name__}
+        snippet = Path(__file__).with_name("snippet.txt").read_text()
+        exec(compile(snippet, __file__, "exec"), namespace)
+        made = namespace["helper"]
+    """
+    pipeline = """
+        import helpers
+
+        @stage(outs=["a.txt"])
+        def a():
+            return helpers.made()
+    """
+    state = tmp_path / "state"
+    write(tmp_path, {"pipeline.py": pipeline, "helpers.py": helpers})
+    (tmp_path / "snippet.txt").write_text("\n\n\ndef helper():\n    return 1\n")
+    before, _ = cached_and_uncached(tmp_path, state)
+    (tmp_path / "snippet.txt").write_text("\n\n\ndef helper():\n    return 2\n")
+    after, cache = cached_and_uncached(tmp_path, state)
+    assert after != before
+    assert (cache.hits, cache.unnamed) == (1, 1)  # the stage; the snippet's helper
+
+
+def test_entries_no_load_uses_any_more_are_dropped_from_the_file(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    cached_and_uncached(tmp_path, state)
+    write(tmp_path, {"helpers.py": HELPERS.replace("x + 1", "x + 2")})
+    cached_and_uncached(tmp_path, state)  # rewrites the file with the new helpers only
+    write(tmp_path, {"helpers.py": HELPERS})
+    _, cache = cached_and_uncached(tmp_path, state)
+    assert (cache.hits, cache.misses) == (2, 2)
+
+
+def damaged(data: bytes) -> dict[str, bytes]:
+    middle = len(data) // 2
+    return {
+        "empty": b"",
+        "truncated": data[:middle],
+        "garbage": os.urandom(len(data)),
+        "one flipped byte": data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1 :],
+        "zeros": bytes(len(data)),
+    }
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "one flipped byte", "zeros"])
+def test_a_damaged_cache_file_is_ignored_and_rewritten(tmp_path: Path, damage: str) -> None:
+    state = tmp_path / "state"
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    expected, _ = cached_and_uncached(tmp_path, state)
+    path = cache_file(state)
+    path.write_bytes(damaged(path.read_bytes())[damage])
+    prints, cache = cached_and_uncached(tmp_path, state)
+    assert prints == expected
+    assert (cache.hits, cache.misses) == (0, 4)
+    _, again = cached_and_uncached(tmp_path, state)
+    assert (again.hits, again.misses) == (4, 0)
+
+
+def test_a_file_of_another_analysis_version_is_ignored(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    loaded = load_pipeline(tmp_path, "pipeline.py", "params.toml", fingerprints=False)
+    other = CodeAnalysisCache.open(state, (0, "another algorithm"))
+    fingerprint_stages(loaded.functions, tmp_path, cache=other)
+    other.save()
+    _, cache = cached_and_uncached(tmp_path, state)
+    assert (cache.hits, cache.misses) == (0, 4)
+
+
+def test_an_unwritable_state_directory_costs_time_not_an_error(tmp_path: Path) -> None:
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the state directory should be\n")
+    expected = fingerprints(tmp_path)
+    prints, cache = cached_and_uncached(tmp_path, blocked)
+    assert prints == expected
+    assert cache.write_error is not None
+    # The loader itself, with its state directory blocked the same way.
+    (tmp_path / STATE_DIR).write_text("not a directory\n")
+    loaded = load_pipeline(tmp_path, "pipeline.py", "params.toml")
+    assert {s.name: s.code_fingerprint for s in loaded.snapshot.stages} == expected
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_state_directory_costs_time_not_an_error(tmp_path: Path) -> None:
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o500)
+    try:
+        prints, cache = cached_and_uncached(tmp_path, state)
+    finally:
+        state.chmod(0o700)
+    assert prints == fingerprints(tmp_path)
+    assert cache.write_error is not None
+
+
+def test_the_loader_keeps_the_cache_in_the_state_directory(tmp_path: Path) -> None:
+    assert STATE_DIR == SUPERVISOR_STATE_DIR
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    first = load_pipeline(tmp_path, "pipeline.py", "params.toml")
+    path = cache_file(tmp_path / STATE_DIR)
+    written = path.stat()
+    second = load_pipeline(tmp_path, "pipeline.py", "params.toml")
+    # Nothing new was analysed, so the file was not written again (a write replaces it).
+    assert path.stat().st_ino == written.st_ino
+    assert second.snapshot.stages == first.snapshot.stages
+    cache = open_code_cache(tmp_path / STATE_DIR)
+    assert fingerprints(tmp_path, cache) == fingerprints(tmp_path)
+    assert (cache.hits, cache.misses) == (4, 0)
+
+
+#: Fingerprints in a fresh interpreter, with the cache in argv[2] and without any.
+CHILD = """
+import json, sys
+from pathlib import Path
+from pivot_supervise.workers._fingerprint import fingerprint_stages, open_code_cache
+from pivot_supervise.workers._loader import load_pipeline
+root, state = Path(sys.argv[1]), Path(sys.argv[2])
+loaded = load_pipeline(root, "pipeline.py", "params.toml", fingerprints=False)
+cache = open_code_cache(state)
+cached = fingerprint_stages(loaded.functions, root, cache=cache)
+cache.save()
+plain = fingerprint_stages(loaded.functions, root)
+print(json.dumps({
+    "cached": {name: fp.code for name, fp in cached.items()},
+    "plain": {name: fp.code for name, fp in plain.items()},
+    "hits": cache.hits,
+    "misses": cache.misses,
+}))
+"""
+
+
+def fingerprint_in_child(root: Path, state: Path, *options: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, *options, "-c", CHILD, str(root), str(state)],
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_without_debug_ranges_two_lambdas_on_one_line_are_still_told_apart(
+    tmp_path: Path,
+) -> None:
+    # With ``-X no_debug_ranges`` the line table has no columns: a cache keyed by name,
+    # line and line table would confuse ``first`` and ``second`` here.
+    before_source, after_source = EDITS["a constant in one of two lambdas on one line"]
+    state = tmp_path / "state"
+    write(tmp_path, {"pipeline.py": USES_HELPER, "helpers.py": before_source})
+    no_ranges = ("-X", "no_debug_ranges")
+    cold = fingerprint_in_child(tmp_path, state, *no_ranges)
+    warm = fingerprint_in_child(tmp_path, state, *no_ranges)
+    write(tmp_path, {"helpers.py": after_source})
+    edited = fingerprint_in_child(tmp_path, state, *no_ranges)
+    for run in (cold, warm, edited):
+        assert run["cached"] == run["plain"]
+    assert warm["misses"] == 0
+    assert edited["cached"] != warm["cached"]
+    # And a process with debug ranges reads the same file and agrees.
+    assert fingerprint_in_child(tmp_path, state)["cached"] == edited["cached"]
