@@ -359,10 +359,13 @@ class LokyBackend:
         if gen is None:
             return
         gen.gate.release()
-        # Off the trio thread: loky's manager thread kills the workers, and we wait until
-        # it let go of the executor (see shut_down); abandoned if the caller gives up.
-        await trio.to_thread.run_sync(shut_down, gen.executor, abandon_on_cancel=True)
-        shutil.rmtree(gen.directory, ignore_errors=True)
+        try:
+            # Off the trio thread: loky's manager thread kills the workers, and we wait
+            # until it let go of the executor (see shut_down); abandoned if the caller
+            # gives up (a session ending while the pool task retires a generation).
+            await trio.to_thread.run_sync(shut_down, gen.executor, abandon_on_cancel=True)
+        finally:
+            shutil.rmtree(gen.directory, ignore_errors=True)
         log.debug("generation retired", generation=generation, workers=gen.pids)
 
     def worker_pids(self, generation: int) -> tuple[int, ...]:
