@@ -167,6 +167,44 @@ def test_invalid_toml_names_the_params_file(tmp_path: Path) -> None:
     assert load_error(tmp_path).message.startswith("params file 'params.toml' is not valid TOML")
 
 
+def test_whether_a_stage_takes_params_looks_through_decorators(tmp_path: Path) -> None:
+    pipeline = HEADER + textwrap.dedent(
+        """
+        import functools
+
+        def logged(func):
+            @functools.wraps(func)
+            def wrapper(*args, **kwargs):
+                return func(*args, **kwargs)
+            return wrapper
+
+        @stage()
+        @logged
+        def train(params):
+            pass
+
+        @stage()
+        @logged
+        def plain():
+            pass
+
+        @stage()
+        def bare():
+            pass
+
+        @stage()
+        def open_ended(*args, **kwargs):
+            pass
+        """
+    )
+    write(tmp_path, {"pipeline.py": pipeline, "params.toml": "[train]\nlr = 0.1\n"})
+    snapshot = load(tmp_path).snapshot
+    assert snapshot["train"].params == {"lr": 0.1}
+    assert snapshot["plain"].params is None
+    assert snapshot["bare"].params is None
+    assert snapshot["open_ended"].params is None
+
+
 def test_a_stage_requiring_other_arguments_is_refused(tmp_path: Path) -> None:
     pipeline = HEADER + "@stage()\ndef train(params, seed):\n    pass\n"
     write(tmp_path, {"pipeline.py": pipeline})

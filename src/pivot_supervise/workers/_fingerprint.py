@@ -106,6 +106,12 @@ def params_digest(params: Mapping[str, Any] | None) -> str:
     tagged ISO strings, so a date never equals the string that spells it.  ``None`` (the
     stage takes no params) and ``{}`` (it takes them, the table is empty) differ.
     """
+    if params is None:
+        return _NO_PARAMS_DIGEST
+    return _json_digest(params)
+
+
+def _json_digest(params: Mapping[str, Any] | None) -> str:
     text = json.dumps(
         params, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
     )
@@ -121,6 +127,10 @@ def _json_default(value: object) -> object:
     if isinstance(value, tuple):
         return list(cast("tuple[object, ...]", value))
     raise TypeError(f"params value {value!r} of type {type(value).__name__} is not serialisable")
+
+
+#: Most stages take no params: their digest (of ``null``) is computed once.
+_NO_PARAMS_DIGEST = _json_digest(None)
 
 
 def fingerprint_stages(
