@@ -27,6 +27,7 @@ import loky
 import trio
 from loky.backend.context import get_context
 
+from ..pipeline._paths import STATE_DIR
 from ..pipeline._registry import REGISTRY
 from ..supervisor._config import load_config
 from ..supervisor._core import RunOptions, RunRequested
@@ -87,7 +88,7 @@ async def _supervised(root: Path, max_workers: int | None, incremental: bool) ->
     ``incremental``, each stage is checked against the state store (emptied first) before
     it starts and recorded after; the second run is forced, so every stage runs again.
     """
-    shutil.rmtree(root / ".pivot-supervise", ignore_errors=True)
+    shutil.rmtree(root / STATE_DIR, ignore_errors=True)
     options = RunOptions(parallel=True, max_workers=max_workers)
     supervisor = Supervisor(
         load_config(root),

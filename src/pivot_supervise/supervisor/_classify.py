@@ -18,6 +18,7 @@ import posixpath
 import re
 from collections.abc import Iterable
 
+from ..pipeline._paths import STATE_DIR
 from ._config import OWN_FILE, PYPROJECT, Config
 
 #: Directories never worth watching, at any depth: VCS metadata, environments, caches,
@@ -39,7 +40,7 @@ IGNORED_DIRS = frozenset(
         ".hypothesis",
         ".idea",
         ".vscode",
-        ".pivot-supervise",
+        STATE_DIR,
     }
 )
 

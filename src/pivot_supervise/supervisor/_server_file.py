@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-STATE_DIR = ".pivot-supervise"
+from ..pipeline._paths import STATE_DIR
+
 SERVER_FILE = "server.json"
 
 

@@ -39,6 +39,8 @@ from typing import Any, Self, cast
 from pivot_supervise.pipeline._hashing import CacheRow
 from pivot_supervise.pipeline._model import FileSignature
 
+from ..pipeline._paths import STATE_DIR
+
 __all__ = [
     "APPLICATION_ID",
     "SCHEMA_VERSION",
@@ -51,7 +53,6 @@ __all__ = [
     "StateStoreError",
 ]
 
-STATE_DIR = ".pivot-supervise"
 DB_NAME = "state.db"
 #: "PVSU" in the SQLite header: a file without it is not ours.
 APPLICATION_ID = 0x50565355

@@ -28,7 +28,7 @@ from typing import Any, cast
 from pivot_supervise.pipeline._dag import PipelineGraph
 from pivot_supervise.pipeline._errors import PipelineError
 from pivot_supervise.pipeline._model import PipelineSnapshot, StageSpec
-from pivot_supervise.pipeline._paths import normalize_stage_path
+from pivot_supervise.pipeline._paths import STATE_DIR, normalize_stage_path
 from pivot_supervise.pipeline._registry import REGISTRY, Registration
 
 from ._fingerprint import fingerprint_stages, open_code_cache, params_digest
@@ -45,10 +45,6 @@ from ._overlay import SourceOverlay, ValidatedPipeline, overlay_imports
 __all__ = ["LoadedPipeline", "PipelineLoadError", "load_pipeline", "load_validated"]
 
 StageFunction = Callable[..., Any]
-
-#: The project's state directory, as ``supervisor._state.STATE_DIR`` names it (a worker
-#: does not import the supervisor's modules); the watcher ignores it.
-STATE_DIR = ".pivot-supervise"
 
 
 class PipelineLoadError(Exception):
