@@ -224,14 +224,14 @@ def test_a_file_of_another_analysis_version_is_ignored(tmp_path: Path) -> None:
 
 def test_an_unwritable_state_directory_costs_time_not_an_error(tmp_path: Path) -> None:
     write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    # The loader's own state directory blocked too (it also keeps compiled code there).
+    (tmp_path / STATE_DIR).write_text("not a directory\n")
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("a file where the state directory should be\n")
     expected = fingerprints(tmp_path)
     prints, cache = cached_and_uncached(tmp_path, blocked)
     assert prints == expected
     assert cache.write_error is not None
-    # The loader itself, with its state directory blocked the same way.
-    (tmp_path / STATE_DIR).write_text("not a directory\n")
     loaded = load_pipeline(tmp_path, "pipeline.py", "params.toml")
     assert {s.name: s.code_fingerprint for s in loaded.snapshot.stages} == expected
 

@@ -6,11 +6,12 @@ fraction of a second, or an editor saves twice) leaves a ``.pyc`` that still loo
 and a brand-new interpreter then runs the OLD code.  ``PYTHONDONTWRITEBYTECODE`` does not
 help: it only stops writing, an existing stale ``.pyc`` is still read.
 
-So for directories under the project root we install a path hook whose loader compiles
-from the source bytes every time and never reads or writes bytecode.  Everything else
-(the standard library, site-packages, a virtualenv that happens to live inside the
-project) keeps the normal, cached import.  Compiling a project's own modules costs a few
-milliseconds; running the wrong code costs the user's trust.
+So for directories under the project root we install a path hook whose loader reads
+the source bytes every time and never reads or writes a ``.pyc``: it compiles them, or
+takes the code they compiled to last time from a cache keyed by their sha256 (see
+:mod:`._bytecode`), which cannot be stale.  Everything else (the standard library,
+site-packages, a virtualenv that happens to live inside the project) keeps the normal,
+cached import.
 
 The loader also remembers the exact bytes it compiled, so that the code digest of a load
 describes the code that runs, not whatever is on disk a moment later, and so that the
@@ -34,6 +35,8 @@ from importlib.abc import PathEntryFinder
 from pathlib import Path
 from types import CodeType
 from typing import TYPE_CHECKING
+
+from ._bytecode import cached_code, store_code
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -71,11 +74,17 @@ class FreshSourceLoader(importlib.machinery.SourceFileLoader):
         path = self.get_filename(fullname)
         source = self.get_data(path)
         digest = hashlib.sha256(source).hexdigest()
+        resolved = Path(path).resolve()
         with _lock:
-            _compiled[Path(path).resolve()] = (source, digest)
-        # ``source_to_code`` is what SourceLoader uses after a cache miss; calling it
-        # directly skips the cache lookup entirely.
-        code = self.source_to_code(source, path)
+            _compiled[resolved] = (source, digest)
+        # Never a ``.pyc``; code kept by the sha256 of these very bytes, or compiled now
+        # (``source_to_code`` is what SourceLoader itself uses after a cache miss).
+        root = _root_containing(resolved)
+        code = cached_code(root, path, digest) if root is not None else None
+        if code is None:
+            code = self.source_to_code(source, path)
+            if root is not None:
+                store_code(root, path, digest, code)
         with _lock:
             _compilations[path] = (digest, code)
         return code
@@ -112,6 +121,10 @@ def _root_of(path: Path) -> Path | None:
         resolved = path.resolve()
     except (OSError, RuntimeError):
         return None
+    return _root_containing(resolved)
+
+
+def _root_containing(resolved: Path) -> Path | None:
     with _lock:
         roots = tuple(_roots)
     for root in roots:

@@ -1,0 +1,134 @@
+"""The cache of compiled project code: served only for the very bytes it was compiled from."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from pivot_supervise.pipeline._paths import STATE_DIR
+from pivot_supervise.workers._bytecode import cached_code, store_code
+from pivot_supervise.workers._imports import purge_project_modules
+from pivot_supervise.workers._loader import load_pipeline
+
+PIPELINE = """\
+from pivot_supervise.pipeline._stage import stage
+
+import helpers
+
+
+@stage()
+def show():
+    return helpers.VALUE
+"""
+
+
+def project(root: Path, value: str = "aaaa") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pipeline.py").write_text(PIPELINE)
+    (root / "helpers.py").write_text(f"VALUE = {value!r}\n")
+    return root
+
+
+def run_show(root: Path) -> object:
+    purge_project_modules(root)
+    loaded = load_pipeline(root, "pipeline.py", "params.toml", fingerprints=False)
+    return loaded.functions["show"]()
+
+
+def key(root: Path, name: str) -> tuple[Path, str, str]:
+    path = root.resolve() / name
+    return root.resolve(), str(path), hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def entries(root: Path) -> list[Path]:
+    return sorted((root / STATE_DIR / "bytecode").glob("*.bin"))
+
+
+def test_a_load_keeps_what_it_compiled_and_the_kept_code_is_the_compiled_code(
+    tmp_path: Path,
+) -> None:
+    root = project(tmp_path / "p")
+    assert run_show(root) == "aaaa"
+    assert len(entries(root)) == 2, "pipeline.py and helpers.py"
+    base, path, sha = key(root, "helpers.py")
+    kept = cached_code(base, path, sha)
+    assert kept is not None
+    compiled = compile(Path(path).read_bytes(), path, "exec", dont_inherit=True)
+    assert kept == compiled
+    assert kept.co_filename == path
+
+
+def test_a_same_size_same_mtime_save_is_never_served_the_old_code(tmp_path: Path) -> None:
+    root = project(tmp_path / "p")
+    assert run_show(root) == "aaaa"
+    helpers = root / "helpers.py"
+    before = helpers.stat()
+    helpers.write_text("VALUE = 'bbbb'\n")
+    os.utime(helpers, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert helpers.stat().st_size == before.st_size
+    assert run_show(root) == "bbbb"
+    assert run_show(root) == "bbbb", "and served from the cache the second time"
+    assert len(entries(root)) == 3
+
+
+def test_a_damaged_entry_is_a_miss_and_is_rewritten(tmp_path: Path) -> None:
+    root = project(tmp_path / "p")
+    run_show(root)
+    base, path, sha = key(root, "helpers.py")
+    for entry in entries(root):
+        data = bytearray(entry.read_bytes())
+        data[-3] ^= 0xFF  # a flipped bit in the marshalled code
+        entry.write_bytes(bytes(data))
+    assert cached_code(base, path, sha) is None
+    assert run_show(root) == "aaaa"
+    assert cached_code(base, path, sha) is not None, "the load wrote it again"
+
+
+def test_truncated_and_foreign_entries_are_misses(tmp_path: Path) -> None:
+    root = project(tmp_path / "p")
+    run_show(root)
+    base, path, sha = key(root, "helpers.py")
+    for entry in entries(root):
+        entry.write_bytes(entry.read_bytes()[:40])
+    assert cached_code(base, path, sha) is None
+    for entry in entries(root):
+        entry.write_bytes(b"not ours at all")
+    assert cached_code(base, path, sha) is None
+    assert run_show(root) == "aaaa"
+
+
+def test_a_moved_project_is_compiled_for_its_new_place(tmp_path: Path) -> None:
+    first = project(tmp_path / "first")
+    run_show(first)
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    assert run_show(moved) == "aaaa"
+    module = sys.modules["helpers"]
+    assert module.__file__ is not None and Path(module.__file__).parent == moved.resolve()
+    base, path, sha = key(moved, "helpers.py")
+    kept = cached_code(base, path, sha)
+    assert kept is not None and kept.co_filename == path, "tracebacks name the file as it is"
+
+
+def test_an_unwritable_state_directory_only_costs_a_compile(tmp_path: Path) -> None:
+    root = project(tmp_path / "p")
+    (root / STATE_DIR).write_text("a file where the state directory should be\n")
+    assert run_show(root) == "aaaa"
+    assert run_show(root) == "aaaa"
+
+
+def test_the_oldest_entries_go_once_there_are_too_many(tmp_path: Path) -> None:
+    code = compile("x = 1", "x.py", "exec")
+    sha = "0" * 64
+    written: list[Path] = []
+    for index in range(8):
+        store_code(tmp_path, f"m{index}.py", sha, code, max_entries=8)
+        (new,) = set(entries(tmp_path)) - set(written)
+        os.utime(new, ns=(index * 10**9, index * 10**9))  # distinct ages, oldest first
+        written.append(new)
+    store_code(tmp_path, "m8.py", sha, code, max_entries=8)
+    kept = [cached_code(tmp_path, f"m{index}.py", sha) is not None for index in range(9)]
+    assert kept == [False] * 5 + [True] * 4, "the oldest five of nine go; four stay"
