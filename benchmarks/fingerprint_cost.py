@@ -16,13 +16,20 @@ Each measurement is made with the cache in four states, in this order, so that e
 state follows from the one before:
 
 - ``none``: no cache at all (what fingerprinting cost before the cache existed);
-- ``cold``: an empty state directory (a project's first load): everything analysed,
-  the file written;
+- ``cold``: an empty state directory (a project's first load): everything compiled
+  from source and analysed, both caches written;
 - ``warm``: nothing changed since the previous load: every analysis served, no write;
 - ``1 file saved``: one helper module of twenty edited since the previous load: its
   functions analysed again, the file rewritten.  This is watch mode's steady state (a
   save, then a new generation of fresh workers, one of which fingerprints), and the
   figure the target is about.
+
+The state directory also keeps the code each module compiled to, by the sha256 of its
+source (``pivot_supervise.workers._bytecode``): after a project's first load, a load
+compiles only the files saved since, so it is several times cheaper than a load from
+source.  Two ratios are printed: fingerprinting against that load (``ratio``), and
+against a load that compiles every module from source (``vs source``, the ``cold`` load),
+which is what the 20 % target was set against.
 
 "fresh process" runs each load in a new interpreter, like a worker of a new generation;
 "warm, in-process" repeats the loads in this process (modules purged and compiled from
@@ -214,15 +221,19 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"python {sys.version.split()[0]}: {args.stages} stages, {args.functions} "
             f"functions (a stage reaches {reached:.0f} on average); medians of {args.repeat}; "
-            "target: fingerprint <= 20% of load with the cache warm"
+            "target: fingerprint <= 20% of the load (both ratios below)"
         )
-        print(f"{'':17} {'cache':13} {'load':>9} {'fingerprint':>14} {'ratio':>7}  analyses")
+        print(
+            f"{'':17} {'cache':13} {'load':>9} {'fingerprint':>14} {'ratio':>7} "
+            f"{'vs source':>9}  analyses"
+        )
         for label, runner in (
             ("fresh process", in_fresh_process),
             ("warm, in-process", in_this_process),
         ):
             results = measure(root, args.repeat, runner)
             check(results, expected)
+            source_ms = statistics.median(r["load"] for r in results["cold"]) * 1000
             for mode in MODES:
                 runs = results[mode]
                 load_ms = statistics.median(r["load"] for r in runs) * 1000
@@ -230,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
                 served = f"{runs[-1]['hits']} served, {runs[-1]['misses']} made"
                 print(
                     f"{label:17} {mode:13} {load_ms:6.1f} ms {print_ms:11.1f} ms "
-                    f"{print_ms / load_ms:7.1%}  {served if mode != 'none' else '-'}"
+                    f"{print_ms / load_ms:7.1%} {print_ms / source_ms:9.1%}  "
+                    f"{served if mode != 'none' else '-'}"
                 )
 
 
