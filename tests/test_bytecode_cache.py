@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from pivot_supervise.pipeline._paths import STATE_DIR
+from pivot_supervise._state_dir import STATE_DIR
 from pivot_supervise.workers._bytecode import cached_code, store_code
 from pivot_supervise.workers._imports import purge_project_modules
 from pivot_supervise.workers._loader import load_pipeline
@@ -59,6 +59,9 @@ def test_a_load_keeps_what_it_compiled_and_the_kept_code_is_the_compiled_code(
     compiled = compile(Path(path).read_bytes(), path, "exec", dont_inherit=True)
     assert kept == compiled
     assert kept.co_filename == path
+    state = root / STATE_DIR
+    assert (state / ".gitignore").read_text().splitlines()[-1] == "*", "never committed"
+    assert state.stat().st_mode & 0o777 == 0o700
 
 
 def test_a_same_size_same_mtime_save_is_never_served_the_old_code(tmp_path: Path) -> None:

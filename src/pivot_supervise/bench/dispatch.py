@@ -27,7 +27,7 @@ import loky
 import trio
 from loky.backend.context import get_context
 
-from ..pipeline._paths import STATE_DIR
+from .._state_dir import STATE_DIR
 from ..pipeline._registry import REGISTRY
 from ..supervisor._config import load_config
 from ..supervisor._core import RunOptions, RunRequested

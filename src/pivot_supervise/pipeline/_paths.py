@@ -18,10 +18,6 @@ from ._errors import PipelineError
 
 PathKind = Literal["dep", "out"]
 
-#: The project's own directory of supervisor state (the state store, the live API's
-#: server file, the caches of compiled code and code analyses); never watched.
-STATE_DIR = ".pivot-supervise"
-
 
 def normalize_stage_path(stage: str, path: str, kind: PathKind) -> str:
     """Return ``path`` as a normalised POSIX path relative to the project root.

@@ -18,7 +18,7 @@ import posixpath
 import re
 from collections.abc import Iterable
 
-from ..pipeline._paths import STATE_DIR
+from .._state_dir import STATE_DIR
 from ._config import OWN_FILE, PYPROJECT, Config
 
 #: Directories never worth watching, at any depth: VCS metadata, environments, caches,

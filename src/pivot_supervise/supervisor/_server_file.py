@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from ..pipeline._paths import STATE_DIR
+from .._state_dir import STATE_DIR, make_state_dir
 
 SERVER_FILE = "server.json"
 
@@ -127,7 +127,7 @@ def claim_server_file(project_root: Path, info: ServerInfo) -> Path:
     directory = project_root / STATE_DIR
     if directory.is_symlink():
         raise ServerFileError(f"{directory} is a symlink; refusing to write the API token there")
-    directory.mkdir(mode=0o700, exist_ok=True)
+    make_state_dir(directory)
     path = directory / SERVER_FILE
     temp = directory / f".{SERVER_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)

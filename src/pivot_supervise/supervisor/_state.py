@@ -39,7 +39,7 @@ from typing import Any, Self, cast
 from pivot_supervise.pipeline._hashing import CacheRow
 from pivot_supervise.pipeline._model import FileSignature
 
-from ..pipeline._paths import STATE_DIR
+from .._state_dir import STATE_DIR, make_state_dir
 
 __all__ = [
     "APPLICATION_ID",
@@ -526,10 +526,7 @@ def _is_damage(exc: sqlite3.Error) -> bool:
 
 
 def _prepare_directory(directory: Path, path: Path) -> None:
-    directory.mkdir(mode=0o700, exist_ok=True)
-    ignore = directory / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("# State of pivot-supervise; never commit it.\n*\n")
+    make_state_dir(directory)
     # Create the database file ourselves so that it is private from the start; SQLite
     # gives its -wal and -shm files the same permissions.
     with contextlib.suppress(FileExistsError):

@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 from types import CodeType
 
-from pivot_supervise.pipeline._paths import STATE_DIR
+from pivot_supervise._state_dir import STATE_DIR, make_state_dir
 
 __all__ = ["MAX_ENTRIES", "cached_code", "store_code"]
 
@@ -68,7 +68,9 @@ def store_code(
     digest = hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest()
     temporary = entry.with_name(f".{entry.name}.{os.getpid()}.{threading.get_ident()}")
     try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
+        if not entry.parent.is_dir():
+            make_state_dir(root / STATE_DIR)
+            entry.parent.mkdir(mode=0o700, exist_ok=True)
         with open(temporary, "wb") as out:
             out.write(_MAGIC + digest + payload)
         os.replace(temporary, entry)

@@ -55,6 +55,8 @@ import types
 from pathlib import Path
 from typing import cast
 
+from pivot_supervise._state_dir import make_state_dir
+
 from ._imports import last_compilation
 
 __all__ = ["Analysis", "CacheKey", "CodeAnalysisCache"]
@@ -255,9 +257,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` by a file holding ``data``; a reader sees the old or the new file."""
     directory = path.parent
     if not directory.is_dir():
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # The state directory is never committed (the state store writes the same).
-        (directory / ".gitignore").write_text("# State of pivot-supervise; never commit it.\n*\n")
+        make_state_dir(directory)
     # Named after this process and thread rather than made by ``tempfile.mkstemp``,
     # whose first call in a process (seeding its random names) costs more than the
     # write.  One left behind by a killed process is overwritten by its pid's next use.

@@ -25,10 +25,11 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, cast
 
+from pivot_supervise._state_dir import STATE_DIR
 from pivot_supervise.pipeline._dag import PipelineGraph
 from pivot_supervise.pipeline._errors import PipelineError
 from pivot_supervise.pipeline._model import PipelineSnapshot, StageSpec
-from pivot_supervise.pipeline._paths import STATE_DIR, normalize_stage_path
+from pivot_supervise.pipeline._paths import normalize_stage_path
 from pivot_supervise.pipeline._registry import REGISTRY, Registration
 
 from ._fingerprint import fingerprint_stages, open_code_cache, params_digest
