@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -135,3 +136,28 @@ def test_the_oldest_entries_go_once_there_are_too_many(tmp_path: Path) -> None:
     store_code(tmp_path, "m8.py", sha, code, max_entries=8)
     kept = [cached_code(tmp_path, f"m{index}.py", sha) is not None for index in range(9)]
     assert kept == [False] * 5 + [True] * 4, "the oldest five of nine go; four stay"
+
+
+LOAD_IN_CHILD = """
+import sys
+from pathlib import Path
+from pivot_supervise.workers._loader import load_pipeline
+loaded = load_pipeline(Path(sys.argv[1]), "pipeline.py", "params.toml", fingerprints=False)
+print(loaded.functions["show"]())
+"""
+
+
+def test_code_without_column_positions_is_kept_apart(tmp_path: Path) -> None:
+    # -X no_debug_ranges compiles code without the columns tracebacks point with: such
+    # code must not be served to a process that has them (nor the other way round).
+    root = project(tmp_path / "p")
+    child = subprocess.run(
+        [sys.executable, "-X", "no_debug_ranges", "-c", LOAD_IN_CHILD, str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert child.stdout.strip() == "aaaa"
+    assert len(entries(root)) == 2
+    assert run_show(root) == "aaaa"
+    assert len(entries(root)) == 4, "this process compiled its own"

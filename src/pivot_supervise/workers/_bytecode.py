@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import marshal
 import os
 import sys
@@ -38,6 +39,16 @@ _MAGIC = b"pivot-supervise bytecode 1\n"
 _DIGEST_SIZE = 16
 #: How many compiled files the directory keeps before it drops the oldest half.
 MAX_ENTRIES = 2000
+#: What else decides the code a compilation makes: the interpreter's bytecode format
+#: (the magic number of its pycs), and whether code records column positions (off
+#: with ``-X no_debug_ranges``; tracebacks use them).
+_COMPILER = "\0".join(
+    (
+        sys.implementation.cache_tag or "",
+        importlib.util.MAGIC_NUMBER.hex(),
+        str(next(iter(compile("0", "<probe>", "eval").co_positions()))[2] is not None),
+    )
+)
 
 
 def cached_code(root: Path, path: str, source_sha: str) -> CodeType | None:
@@ -82,7 +93,7 @@ def store_code(
 
 
 def _entry(root: Path, path: str, source_sha: str) -> Path:
-    key = "\0".join((path, source_sha, sys.implementation.cache_tag or "", str(sys.flags.optimize)))
+    key = "\0".join((path, source_sha, _COMPILER, str(sys.flags.optimize)))
     name = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
     return root / STATE_DIR / "bytecode" / f"{name}.bin"
 
