@@ -32,6 +32,7 @@ from pivot_supervise.supervisor._config import load_config
 from pivot_supervise.supervisor._core import OnError, RunOptions
 from pivot_supervise.supervisor._events import Event
 from pivot_supervise.supervisor._supervisor import Service, Supervisor
+from pivot_supervise.supervisor.backends import LoadGate, LokyBackend
 
 #: Upper bound of any single wait for an event; generous for a loaded 2-core CI box.
 TIMEOUT_S = 20.0
@@ -309,6 +310,35 @@ async def supervising(
         await assert_gone(new_children - resource_trackers(new_children))
     finally:
         kill_survivors(session.events.worker_pids())
+
+
+@asynccontextmanager
+async def serving_backend(
+    project: Path,
+    *,
+    standby: bool,
+    max_workers: int | None = None,
+    load_gate: LoadGate | None = None,
+) -> AsyncIterator[LokyBackend]:
+    """A loky backend driven directly, its service running; all its processes gone after.
+
+    The resource trackers (loky's, the standard library's) are per-process singletons
+    that the first executor of a test process starts: not ours to stop here.
+    """
+    backend = LokyBackend(
+        load_config(project), standby=standby, max_workers=max_workers, load_gate=load_gate
+    )
+    before = children_of(os.getpid())
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(backend.serve)
+            yield backend
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True), trio.fail_after(TIMEOUT_S):
+            await backend.aclose()
+    new = children_of(os.getpid()) - before
+    await assert_gone(new - resource_trackers(new))
 
 
 # ------------------------------------------------------------------ CLI

@@ -7,18 +7,16 @@ where trips form on their own, to check that every stage is still reported once.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 
-from conftest import TIMEOUT_S, assert_gone, children_of, resource_trackers, supervising
+from conftest import TIMEOUT_S, serving_backend, supervising
 from pivot_supervise.pipeline._model import NOT_STARTED
-from pivot_supervise.supervisor._config import load_config
 from pivot_supervise.supervisor._core import GenerationLoaded
-from pivot_supervise.supervisor.backends import LokyBackend
+from pivot_supervise.supervisor.backends import LokyBackend, StageResult
 from pivot_supervise.workers._messages import RunRequest
 
 ProjectFactory = Callable[[Mapping[str, str]], Path]
@@ -72,21 +70,21 @@ def trail(project: Path) -> list[tuple[str, int]]:
 @asynccontextmanager
 async def loaded_backend(project: Path) -> AsyncIterator[tuple[LokyBackend, GenerationLoaded]]:
     """Generation 1 of a one-worker loky backend; every process of it gone after."""
-    backend = LokyBackend(load_config(project), standby=False)
-    before = children_of(os.getpid())
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(backend.serve)
-            with trio.fail_after(TIMEOUT_S):
-                loaded = await backend.load(1, 1)
-            assert isinstance(loaded, GenerationLoaded), loaded
-            yield backend, loaded
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True), trio.fail_after(TIMEOUT_S):
-            await backend.aclose()
-    new = children_of(os.getpid()) - before
-    await assert_gone(new - resource_trackers(new))
+    async with serving_backend(project, standby=False) as backend:
+        with trio.fail_after(TIMEOUT_S):
+            loaded = await backend.load(1, 1)
+        assert isinstance(loaded, GenerationLoaded), loaded
+        yield backend, loaded
+
+
+async def trip(
+    project: Path, *stages: str, stop: bool = True
+) -> tuple[list[StageResult], GenerationLoaded]:
+    """One trip of ``stages`` to generation 1's worker: their results, and the generation."""
+    async with loaded_backend(project) as (backend, loaded):
+        with trio.fail_after(TIMEOUT_S):
+            results = await backend.run_batch(requests(*stages), stop_on_failure=stop)
+    return results, loaded
 
 
 def requests(*stages: str, run_id: int = 1) -> list[RunRequest]:
@@ -95,11 +93,7 @@ def requests(*stages: str, run_id: int = 1) -> list[RunRequest]:
 
 async def test_a_trip_runs_its_stages_in_order_in_one_worker(make_project: ProjectFactory) -> None:
     project = make_project(PIPELINE)
-    async with loaded_backend(project) as (backend, loaded):
-        with trio.fail_after(TIMEOUT_S):
-            results = await backend.run_batch(
-                requests("first", "second", "last"), stop_on_failure=True
-            )
+    results, loaded = await trip(project, "first", "second", "last")
     assert [r.outcome.status for r in results] == ["ok", "ok", "ok"]
     assert [r.outcome.stage for r in results] == ["first", "second", "last"]
     assert [name for name, _ in trail(project)] == ["first", "second", "last"]
@@ -114,11 +108,7 @@ async def test_a_failure_stops_the_rest_of_its_trip_when_the_run_stops_at_failur
     make_project: ProjectFactory,
 ) -> None:
     project = make_project(PIPELINE)
-    async with loaded_backend(project) as (backend, _):
-        with trio.fail_after(TIMEOUT_S):
-            results = await backend.run_batch(
-                requests("first", "bad", "last"), stop_on_failure=True
-            )
+    results, _ = await trip(project, "first", "bad", "last")
     assert [r.outcome.status for r in results] == ["ok", "failed", NOT_STARTED]
     assert results[2].outcome.reason == "run stopped after 'bad' failed"
     assert [name for name, _ in trail(project)] == ["first", "bad"], "'last' must not have run"
@@ -142,9 +132,7 @@ async def test_after_a_failure_the_runs_stages_queued_elsewhere_do_not_start_eit
 
 async def test_with_keep_going_a_trip_runs_on_after_a_failure(make_project: ProjectFactory) -> None:
     project = make_project(PIPELINE)
-    async with loaded_backend(project) as (backend, _):
-        with trio.fail_after(TIMEOUT_S):
-            results = await backend.run_batch(requests("bad", "last"), stop_on_failure=False)
+    results, _ = await trip(project, "bad", "last", stop=False)
     assert [r.outcome.status for r in results] == ["failed", "ok"]
     assert [name for name, _ in trail(project)] == ["bad", "last"]
 
@@ -153,11 +141,7 @@ async def test_a_worker_dying_in_a_trip_fails_each_of_its_stages_naming_the_culp
     make_project: ProjectFactory,
 ) -> None:
     project = make_project(PIPELINE)
-    async with loaded_backend(project) as (backend, loaded):
-        with trio.fail_after(TIMEOUT_S):
-            results = await backend.run_batch(
-                requests("first", "crash", "last"), stop_on_failure=True
-            )
+    results, loaded = await trip(project, "first", "crash", "last")
     (pid,) = loaded.workers
     assert all(r.worker_lost for r in results)
     assert all(r.outcome.status == "failed" for r in results)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from pivot_supervise.supervisor._state import STATE_DIR as SUPERVISOR_STATE_DIR
 from pivot_supervise.workers._codecache import CodeAnalysisCache
 from pivot_supervise.workers._fingerprint import fingerprint_stages, open_code_cache
 from pivot_supervise.workers._loader import STATE_DIR, load_pipeline
@@ -237,7 +236,6 @@ def test_an_unwritable_state_directory_costs_time_not_an_error(tmp_path: Path) -
 
 
 def test_the_loader_keeps_the_cache_in_the_state_directory(tmp_path: Path) -> None:
-    assert STATE_DIR == SUPERVISOR_STATE_DIR
     write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
     first = load_pipeline(tmp_path, "pipeline.py", "params.toml")
     path = cache_file(tmp_path / STATE_DIR)

@@ -12,8 +12,8 @@ import py_compile
 import signal
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from importlib.util import cache_from_source
 from pathlib import Path
 
@@ -29,11 +29,10 @@ from conftest import (
     cmdline,
     kill_survivors,
     named,
-    resource_trackers,
+    serving_backend,
     supervising,
     wait_gone_blocking,
 )
-from pivot_supervise.supervisor._config import load_config
 from pivot_supervise.supervisor._core import GenerationFailed, GenerationLoaded
 from pivot_supervise.supervisor.backends import LoadGate, LokyBackend, StandbyUnavailable
 from pivot_supervise.workers._messages import RunRequest
@@ -66,27 +65,11 @@ def imported_by(project: Path) -> set[int]:
     return {int(line) for line in log.read_text().split()} if log.exists() else set()
 
 
-@asynccontextmanager
-async def standby_backend(
+def standby_backend(
     project: Path, max_workers: int | None = None, load_gate: LoadGate | None = None
-) -> AsyncIterator[LokyBackend]:
+) -> AbstractAsyncContextManager[LokyBackend]:
     """A loky backend with standby on and its service running; all processes gone after."""
-    backend = LokyBackend(
-        load_config(project), standby=True, max_workers=max_workers, load_gate=load_gate
-    )
-    before = children_of(os.getpid())
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(backend.serve)
-            yield backend
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True), trio.fail_after(TIMEOUT_S):
-            await backend.aclose()
-    new = children_of(os.getpid()) - before
-    # The resource trackers (loky's, the standard library's) are per-process singletons
-    # that the first executor of a test process starts: not ours to stop here.
-    await assert_gone(new - resource_trackers(new))
+    return serving_backend(project, standby=True, max_workers=max_workers, load_gate=load_gate)
 
 
 async def load(backend: LokyBackend, generation: int, workers: int) -> GenerationLoaded:
