@@ -408,12 +408,14 @@ class Supervisor:
                     {"stage": run.stage, "generation": run.generation, "run_id": run.run_id},
                 )
             )
-        results = await self.backend.run_batch(
-            [
-                RunRequest(run.generation, run.stage, run.spec.params, run_id=run.run_id)
-                for run, _ in to_run
-            ],
-            stop_on_failure=trip[0].stop_on_failure,
+        requests = [
+            RunRequest(run.generation, run.stage, run.spec.params, run_id=run.run_id)
+            for run, _ in to_run
+        ]
+        results = (
+            await self.backend.run_batch(requests, stop_on_failure=trip[0].stop_on_failure)
+            if requests
+            else []
         )
         recorded: list[tuple[StageSpec, Check, StageOutcome]] = []
         for (run, check), result in zip(to_run, results, strict=True):
