@@ -13,8 +13,9 @@ Invariants kept by this module (see DESIGN.md):
 * generation numbers only grow;
 * a result from a generation other than the active one is never recorded as a
   success: it is reported ``cancelled``;
-* a generation is promoted only after the pipeline loaded in every one of its workers,
-  so a broken edit never replaces a working pool;
+* a generation is promoted only after the pipeline validated in one of its workers
+  (the others load exactly the source that validated), so a broken edit never replaces
+  a working pool;
 * data-only changes never restart workers; non-parallel mode never has a pool;
 * the pipeline's own writes to its outputs never trigger a run; a user's edit of an
   output re-runs its consumers.
@@ -311,7 +312,7 @@ class SupervisorCore:
         self.quick_stages_per_worker = max(
             self.stages_per_worker, quick_stages_per_worker or self.stages_per_worker
         )
-        #: A moving average of how long the stages that ran lately took, in ms.
+        #: How long the stages that ran lately took, in ms (see :meth:`_note_duration`).
         self.typical_stage_ms: float | None = None
         self.options: RunOptions | None = None
         self.targets: tuple[str, ...] | None = None
