@@ -106,9 +106,11 @@ def register(commands: Commands) -> None:
     dispatch = kinds.add_parser(
         "dispatch",
         help="N trivial stages through the supervisor vs plain loky executor.map",
-        description="Run N trivial independent stages through the supervisor, and the "
-        "same functions with plain loky executor.map on as many workers; print both "
-        "times and the ratio.",
+        description="Run N trivial independent stages through the supervisor (twice in "
+        "one session: the second, forced run on the warm generation is the one measured; "
+        "the first is reported too), and the same functions with plain loky "
+        "executor.map on as many warmed-up workers; print both times and the ratio, and "
+        "the same with the up-to-date checks of incremental runs on.",
     )
     dispatch.add_argument(
         "--stages",
