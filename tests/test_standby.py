@@ -35,6 +35,7 @@ from conftest import (
 )
 from pivot_supervise.supervisor._core import GenerationFailed, GenerationLoaded
 from pivot_supervise.supervisor.backends import LoadGate, LokyBackend, StandbyUnavailable
+from pivot_supervise.supervisor.backends._scratch import sweep_abandoned
 from pivot_supervise.workers._messages import RunRequest
 
 ProjectFactory = Callable[[Mapping[str, str]], Path]
@@ -230,6 +231,10 @@ def test_standby_workers_exit_when_the_supervisor_is_sigkilled(
         left = wait_gone_blocking(active | standby)
         kill_survivors(left)
         assert not left, f"workers outlived their SIGKILLed supervisor: {left}"
+    # Its scratch directories (generation, standby park) stayed behind; the next
+    # backend to start removes them.
+    abandoned = {p.name for p in sweep_abandoned()}
+    assert any(name.startswith(f"pivot-supervise-{process.proc.pid}-g") for name in abandoned)
 
 
 def _wait_for_standby_workers(process: CliProcess, active: set[int]) -> set[int]:

@@ -15,9 +15,12 @@ from typing import Any
 from pivot_supervise.pipeline._model import PipelineSnapshot
 
 __all__ = [
+    "PARKED_FIFO",
+    "PARK_REQUEST_FILE",
     "BatchRequest",
     "LoadReply",
     "LoadRequest",
+    "ParkRequest",
     "RunRequest",
     "WarmReply",
     "WarmRequest",
@@ -43,6 +46,26 @@ class LoadRequest:
     generation_dir: str
     #: How many workers may load the validated source at once (0: all).
     load_slots: int = 0
+
+
+#: In a parked standby's directory: the pickled :class:`LoadRequest` of the load that
+#: takes the standby, written before the first worker is let go.
+PARK_REQUEST_FILE = "load-request.pickle"
+#: In a parked standby's directory: a FIFO each worker writes a byte into once parked.
+PARKED_FIFO = "parked"
+
+
+@dataclass(frozen=True, slots=True)
+class ParkRequest:
+    """Wait in a standby worker for the load that takes the standby (see ``park``).
+
+    Each worker of a standby holds one park task; task ``index`` waits until the
+    supervisor releases the lock ``lock-<index>`` in ``park_dir``, then runs the load
+    described in :data:`PARK_REQUEST_FILE` there.
+    """
+
+    park_dir: str
+    index: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ import fcntl
 import gc
 import importlib
 import os
+import pickle
 import signal
 import sys
 import time
@@ -36,9 +37,12 @@ from pivot_supervise.pipeline._model import StageOutcome, not_started
 from ._imports import project_module_files
 from ._loader import LoadedPipeline, PipelineLoadError, load_pipeline, load_validated
 from ._messages import (
+    PARK_REQUEST_FILE,
+    PARKED_FIFO,
     BatchRequest,
     LoadReply,
     LoadRequest,
+    ParkRequest,
     RunRequest,
     WarmReply,
     WarmRequest,
@@ -62,6 +66,8 @@ __all__ = [
     "WarmRequest",
     "initialize_worker",
     "load_generation",
+    "park",
+    "park_lock_name",
     "ping",
     "run_stage",
     "run_stages",
@@ -187,6 +193,58 @@ def load_generation(request: LoadRequest) -> LoadReply:
     if state.loaded is None:
         return LoadReply(request.generation, pid, None, state.error, state.traceback, validated)
     return LoadReply(request.generation, pid, state.loaded.snapshot, None, None, validated)
+
+
+def park(request: ParkRequest) -> LoadReply:
+    """Wait, idle, until the supervisor lets this worker go; then load its generation.
+
+    A standby's workers each hold one park task, so that at a restart the supervisor can
+    wake exactly one of them to validate the pipeline, and the others one at a time after
+    it: waking them all at once (each taking a load task to wait at the gate) costs the
+    validating worker CPU when workers outnumber cores.  Nothing is imported here before
+    the release: a parked worker is still free of project code.
+    """
+    directory = Path(request.park_dir)
+    try:
+        fd = os.open(directory / park_lock_name(request.index), os.O_RDONLY)
+    except OSError as exc:
+        return _unparked(f"worker {os.getpid()} could not wait in its standby: {exc}")
+    try:
+        _say_parked(directory)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # until the supervisor releases it
+    finally:
+        os.close(fd)
+    try:
+        with open(directory / PARK_REQUEST_FILE, "rb") as file:
+            load = pickle.load(file)
+    except (OSError, pickle.UnpicklingError, EOFError) as exc:
+        return _unparked(f"worker {os.getpid()} was let go without a load: {exc}")
+    if not isinstance(load, LoadRequest):
+        return _unparked(f"worker {os.getpid()} was let go with {type(load).__name__}")
+    return load_generation(load)
+
+
+def _say_parked(directory: Path) -> None:
+    """One byte into the park's FIFO: the supervisor counts its workers in (best effort)."""
+    try:
+        fd = os.open(directory / PARKED_FIFO, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # nobody reads (a standby being discarded): nothing to say
+        return
+    try:
+        os.write(fd, b".")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def park_lock_name(index: int) -> str:
+    """The lock park task ``index`` waits on, in its standby's directory."""
+    return f"lock-{index}"
+
+
+def _unparked(error: str) -> LoadReply:
+    return LoadReply(generation=0, pid=os.getpid(), snapshot=None, error=error, traceback=None)
 
 
 def _freeze_heap() -> None:

@@ -55,6 +55,7 @@ from .._bridge import wait_future
 from .._config import Config, ConfigError, pipeline_files
 from .._core import GenerationFailed, GenerationLoaded
 from ._base import StageResult
+from ._park import Park
 from ._procs import KILL_GRACE_S, WORKER_ENV, new_executor, reap, shut_down, sigint_blocked
 from ._scratch import scratch_dir, sweep_abandoned
 from ._standby import StandbyKeeper, StandbyUnavailable
@@ -97,6 +98,8 @@ class _Generation:
     from_standby: bool = False
     #: Validated and promoted: its other workers load the validated source.
     loaded: bool = False
+    #: The parked workers of the standby it came from (None: a cold start).
+    park: Park | None = None
 
     @property
     def validated(self) -> str:
@@ -223,11 +226,18 @@ class LokyBackend:
             if standby is not None:
                 self._all_pids.update(standby.pids)
                 gen = _Generation(
-                    generation, standby.executor, directory, gate, standby.pids, from_standby=True
+                    generation,
+                    standby.executor,
+                    directory,
+                    gate,
+                    standby.pids,
+                    from_standby=True,
+                    park=standby.park,
                 )
                 self._generations[generation] = gen
-                # The standby's workers are up, so submit() only queues (as for a stage).
-                futures = [gen.executor.submit(load_generation, request) for _ in range(workers)]
+                # Each standby worker waits in a park task: let exactly one go, to validate.
+                futures = standby.park.futures
+                standby.park.start(request)
             else:
                 gen = await trio.to_thread.run_sync(self._spawn, workers, gate, request, futures)
                 self._all_pids.update(gen.pids)
@@ -241,8 +251,12 @@ class LokyBackend:
         if isinstance(result, GenerationLoaded):
             gen.loaded = True
             self._open_gate(generation, gate)
+            if gen.park is not None:  # a few now, then one more as each finishes loading
+                gen.park.release(_load_slots())
         else:
             gate.release()  # the others answer "failed to validate"; the core retires it
+            if gen.park is not None:
+                gen.park.release_all()
         log.debug(
             "generation validated",
             generation=generation,
@@ -291,6 +305,8 @@ class LokyBackend:
                     arrived.set()
                 else:
                     self._check_background_load(gen, future)
+                    if gen.park is not None:
+                        gen.park.release(1)  # the next parked worker may load now
             except Exception as exc:  # must never raise inside run_sync_soon
                 log.error("could not check a worker's load", error=repr(exc))
 
@@ -365,6 +381,8 @@ class LokyBackend:
             # gives up (a session ending while the pool task retires a generation).
             await trio.to_thread.run_sync(shut_down, gen.executor, abandon_on_cancel=True)
         finally:
+            if gen.park is not None:  # after the kill: a parked worker let go would load
+                gen.park.close()
             shutil.rmtree(gen.directory, ignore_errors=True)
         log.debug("generation retired", generation=generation, workers=gen.pids)
 

@@ -39,6 +39,7 @@ from loky.process_executor import ShutdownExecutorError
 from ...workers._messages import WarmReply, WarmRequest
 from ...workers._tasks import warm_up
 from .._bridge import wait_future
+from ._park import Park
 from ._procs import new_executor, process_gone, shut_down, sigint_blocked
 from ._scratch import scratch_dir
 
@@ -52,18 +53,24 @@ log = structlog.get_logger("pivot_supervise.standby")
 REFILL_DELAY_S = 0.1
 
 
+#: How long a standby's workers may take to settle in their park tasks.
+PARK_TIMEOUT_S = 30.0
+
+
 class StandbyUnavailable(Exception):
     """No standby can be made ready (disabled, or the last attempt was discarded)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Standby:
-    """A ready standby: an executor whose ``size`` workers are up and idle."""
+    """A ready standby: an executor whose ``size`` workers are up, each parked in a task
+    that a load lets go (see :mod:`._park`)."""
 
     executor: loky.ProcessPoolExecutor
     size: int
     pids: tuple[int, ...]
     fill_ms: float
+    park: Park
 
     def intact(self) -> bool:
         return not any(process_gone(pid) for pid in self.pids)
@@ -111,7 +118,7 @@ class StandbyKeeper:
             return ready
         why = "size no longer fits" if ready.size != size else "a worker died"
         log.debug("standby discarded", reason=why, size=ready.size, wanted=size)
-        await self._shutdown(ready.executor)
+        await self._discard(ready)
         return None
 
     async def wait_ready(self) -> Standby:
@@ -145,7 +152,7 @@ class StandbyKeeper:
                 continue
             if ready is not None:
                 self._ready = None
-                await self._shutdown(ready.executor)
+                await self._discard(ready)
             self._filling, self._failed = True, None
             try:
                 await trio.sleep(REFILL_DELAY_S)
@@ -156,9 +163,11 @@ class StandbyKeeper:
 
     async def aclose(self) -> None:
         """Shut down whatever the keeper still owns (ready or half-filled)."""
-        self._ready = None
+        ready, self._ready = self._ready, None
         for executor in list(self._owned):
             await self._shutdown(executor)
+        if ready is not None:
+            ready.park.close()
 
     # ------------------------------------------------------------------ internals
 
@@ -205,14 +214,31 @@ class StandbyKeeper:
         if why is not None:
             await self._shutdown(executor)
             return self._give_up(why)
+        parked = Park(scratch_dir("park"), size)
+        try:
+            await trio.to_thread.run_sync(parked.submit, executor)
+            with trio.move_on_after(PARK_TIMEOUT_S) as waited:
+                await parked.wait_parked()
+        except BaseException:
+            await self._shutdown(executor)
+            parked.close()
+            raise
+        if waited.cancelled_caught:
+            await self._shutdown(executor)
+            parked.close()
+            return self._give_up(f"its workers did not all park within {PARK_TIMEOUT_S:.0f} s")
         fill_ms = (time.perf_counter() - started) * 1000
         log.debug("standby ready", workers=pids, ms=round(fill_ms, 1))
-        return Standby(executor, size, pids, fill_ms)
+        return Standby(executor, size, pids, fill_ms, parked)
 
     def _give_up(self, why: str) -> None:
         """A discarded standby; the next load starts cold and asks again."""
         self._failed = f"standby discarded: {why}"
         log.warning("standby discarded; the next reload starts its workers cold", reason=why)
+
+    async def _discard(self, standby: Standby) -> None:
+        await self._shutdown(standby.executor)
+        standby.park.close()
 
     async def _shutdown(self, executor: loky.ProcessPoolExecutor) -> None:
         self._owned.discard(executor)
