@@ -21,30 +21,9 @@ from pivot_supervise.supervisor.backends._procs import new_executor
 from pivot_supervise.supervisor.backends._scratch import scratch_dir
 from pivot_supervise.workers._messages import LoadReply, LoadRequest
 from pivot_supervise.workers._tasks import GATE_FILE
+from test_standby import RECORDING, imported_by
 
 ProjectFactory = Callable[[Mapping[str, str]], Path]
-
-#: The pipeline notes the pid of every process that imports it.
-RECORDING = {
-    "pipeline.py": """
-        import os
-        from pathlib import Path
-
-        from pivot_supervise import stage
-
-        with open(Path(__file__).with_name("imports.log"), "a") as log:
-            log.write(f"{os.getpid()}\\n")
-
-        @stage()
-        def show():
-            pass
-    """,
-}
-
-
-def imported_by(project: Path) -> list[int]:
-    log = project / "imports.log"
-    return [int(pid) for pid in log.read_text().split()] if log.exists() else []
 
 
 @contextmanager
@@ -84,7 +63,7 @@ async def test_parked_workers_import_nothing_until_one_is_let_go_to_validate(
     project = make_project(RECORDING)
     with parked(2) as (_, park):
         await wait_parked(park)
-        assert imported_by(project) == [], "parked workers are free of project code"
+        assert imported_by(project) == set(), "parked workers are free of project code"
         assert not any(future.done() for future in park.futures)
 
         request = load_request(project)
@@ -93,14 +72,14 @@ async def test_parked_workers_import_nothing_until_one_is_let_go_to_validate(
         park.start(request)
         validated = first_done(park.futures)
         assert validated.validated and validated.ok, validated.error
-        assert imported_by(project) == [validated.pid]
+        assert imported_by(project) == {validated.pid}
         waiting = [future for future in park.futures if not future.done()]
         assert len(waiting) == 1, "the other worker stays parked until it is let go"
 
         park.release(1)
         other = waiting[0].result(timeout=TIMEOUT_S)
     assert other.ok and not other.validated, other.error
-    assert sorted(imported_by(project)) == sorted([validated.pid, other.pid])
+    assert imported_by(project) == {validated.pid, other.pid}
 
 
 async def test_a_park_closed_without_a_load_lets_its_workers_go_with_an_error(
@@ -114,4 +93,4 @@ async def test_a_park_closed_without_a_load_lets_its_workers_go_with_an_error(
         replies = [future.result(timeout=TIMEOUT_S) for future in futures]
     assert all(not reply.ok for reply in replies)
     assert all(reply.error and "let go without a load" in reply.error for reply in replies)
-    assert imported_by(project) == []
+    assert imported_by(project) == set()
