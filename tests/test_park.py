@@ -39,8 +39,9 @@ def parked(workers: int) -> Iterator[tuple[loky.ProcessPoolExecutor, Park]]:
 
 
 def load_request(project: Path) -> LoadRequest:
-    directory = scratch_dir("test-g1")
-    (directory / "running").mkdir()
+    """Generation 1's request, its directory made inside the project's temporary dir."""
+    directory = project.parent / "generation-1"
+    (directory / "running").mkdir(parents=True)
     return LoadRequest(1, str(project), "pipeline.py", "params.toml", str(directory))
 
 

@@ -255,8 +255,10 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX process semantics")
 def test_workers_exit_when_the_supervisor_is_killed(project: Path, tmp_path: Path) -> None:
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()  # the supervisor's, as a warm-up barrier always is
     supervisor = subprocess.Popen(
-        [sys.executable, "-c", ORPHAN_SCRIPT, str(project), str(tmp_path / "barrier")],
+        [sys.executable, "-c", ORPHAN_SCRIPT, str(project), str(barrier)],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,

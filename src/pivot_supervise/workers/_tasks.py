@@ -394,10 +394,11 @@ def _validator(directory: Path) -> str:
 def _wait_for(directory: Path, pid: int, size: int, timeout_s: float, what: str) -> str | None:
     """Check in as ``<directory>/<pid>``; wait for ``size`` check-ins.
 
-    Returns an error message on timeout (or if the barrier directory is unusable).
+    Returns an error message on timeout (or if the barrier directory is unusable).  The
+    directory is the supervisor's: never made here, so that one it already removed (a
+    warm-up it gave up on) is not made again, to be left behind.
     """
     try:
-        directory.mkdir(parents=True, exist_ok=True)
         (directory / str(pid)).touch()
     except OSError as exc:
         return f"cannot check in at the {what} barrier {str(directory)!r}: {exc}"
