@@ -21,6 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ._procs import process_gone
+
 __all__ = ["scratch_dir", "sweep_abandoned"]
 
 #: Linux's shared-memory file system; used when present and writable.
@@ -45,7 +47,7 @@ def sweep_abandoned() -> list[Path]:
         return removed
     for name in names:
         owner = _OWNED.match(name)
-        if owner is None or _alive(int(owner.group(1))):
+        if owner is None or not process_gone(int(owner.group(1))):
             continue
         path = root / name
         with contextlib.suppress(OSError):
@@ -53,16 +55,6 @@ def sweep_abandoned() -> list[Path]:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive, and not ours to judge
-        return True
-    return True
 
 
 @functools.cache
