@@ -4,13 +4,22 @@ It holds the state store, the live API's server file, and the caches of compiled
 and code analyses.  The watcher never looks inside it, and it carries a ``.gitignore``
 of ``*`` so that nobody commits it; whichever part of the package needs it first makes
 it, the same way.
+
+The caches share one file format (:func:`seal`): a magic line naming what the file
+holds, a BLAKE2b digest of the payload, the payload; a file that is not exactly that
+reads as nothing (a flipped bit in marshalled code must never run).  They are written
+with :func:`write_atomically`: a reader sees the old file or the new one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import threading
 from pathlib import Path
 
-__all__ = ["STATE_DIR", "make_state_dir"]
+__all__ = ["STATE_DIR", "make_state_dir", "seal", "unseal", "write_atomically"]
 
 STATE_DIR = ".pivot-supervise"
 _IGNORE = "# State of pivot-supervise; never commit it.\n*\n"
@@ -27,3 +36,43 @@ def make_state_dir(directory: Path) -> Path:
     if not ignore.exists():
         ignore.write_text(_IGNORE)
     return directory
+
+
+_DIGEST_SIZE = 16
+
+
+def seal(magic: bytes, payload: bytes) -> bytes:
+    """``payload`` framed by ``magic`` and its digest (see :func:`unseal`)."""
+    return magic + hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest() + payload
+
+
+def unseal(magic: bytes, data: bytes) -> bytes | None:
+    """The payload of sealed ``data``; ``None`` if it is not exactly a sealed ``magic`` file."""
+    start = len(magic) + _DIGEST_SIZE
+    if not data.startswith(magic) or len(data) < start:
+        return None
+    payload = data[start:]
+    if hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest() != data[len(magic) : start]:
+        return None
+    return payload
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` by a file holding ``data``; raises :class:`OSError`.
+
+    The temporary file is named after this process and thread rather than made by
+    ``tempfile.mkstemp``, whose first call in a process (seeding its random names) costs
+    more than the write; one left behind by a killed process is overwritten by its pid's
+    next use.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    fd = os.open(temporary, flags, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

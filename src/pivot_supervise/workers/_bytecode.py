@@ -10,11 +10,11 @@ path (which the code carries for tracebacks), the interpreter and the optimisati
 level: a hit is what compiling those bytes there would give, so it cannot be stale.
 Python's own checked-hash ``.pyc`` files (PEP 552) rest on the same idea.
 
-The entries live in ``<project>/.pivot-supervise/bytecode/``, one file each: a magic
-line, a BLAKE2b digest of the payload, and the payload (``marshal`` of the code).  A
-damaged, truncated or foreign file reads as a miss (a bit flipped in a marshalled code
-object could otherwise run as wrong code).  Files are written atomically, and when the
-directory holds more than :data:`MAX_ENTRIES` the oldest half goes.  Every failure
+The entries live in ``<project>/.pivot-supervise/bytecode/``, one sealed file each (see
+:func:`pivot_supervise._state_dir.seal`: a damaged, truncated or foreign file reads as
+a miss, since a bit flipped in a marshalled code object could otherwise run as wrong
+code), written atomically; when the directory holds more than :data:`MAX_ENTRIES`
+the oldest half goes.  Every failure
 costs time, never an error.
 """
 
@@ -26,17 +26,15 @@ import importlib.util
 import marshal
 import os
 import sys
-import threading
 from pathlib import Path
 from types import CodeType
 
-from pivot_supervise._state_dir import STATE_DIR, make_state_dir
+from pivot_supervise._state_dir import STATE_DIR, make_state_dir, seal, unseal, write_atomically
 
 __all__ = ["MAX_ENTRIES", "cached_code", "store_code"]
 
 #: Bumped if the file layout changes.
 _MAGIC = b"pivot-supervise bytecode 1\n"
-_DIGEST_SIZE = 16
 #: How many compiled files the directory keeps before it drops the oldest half.
 MAX_ENTRIES = 2000
 #: What else decides the code a compilation makes: the interpreter's bytecode format
@@ -57,11 +55,8 @@ def cached_code(root: Path, path: str, source_sha: str) -> CodeType | None:
         data = _entry(root, path, source_sha).read_bytes()
     except OSError:
         return None
-    head = len(_MAGIC)
-    if not data.startswith(_MAGIC) or len(data) < head + _DIGEST_SIZE:
-        return None
-    digest, payload = data[head : head + _DIGEST_SIZE], data[head + _DIGEST_SIZE :]
-    if hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest() != digest:
+    payload = unseal(_MAGIC, data)
+    if payload is None:
         return None
     try:
         code = marshal.loads(payload)
@@ -75,19 +70,12 @@ def store_code(
 ) -> None:
     """Keep ``code``, compiled from ``path``'s source with sha256 ``source_sha``."""
     entry = _entry(root, path, source_sha)
-    payload = marshal.dumps(code)
-    digest = hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest()
-    temporary = entry.with_name(f".{entry.name}.{os.getpid()}.{threading.get_ident()}")
     try:
         if not entry.parent.is_dir():
             make_state_dir(root / STATE_DIR)
             entry.parent.mkdir(mode=0o700, exist_ok=True)
-        with open(temporary, "wb") as out:
-            out.write(_MAGIC + digest + payload)
-        os.replace(temporary, entry)
+        write_atomically(entry, seal(_MAGIC, marshal.dumps(code)))
     except OSError:  # a read-only project, a full disk: the next load compiles again
-        with contextlib.suppress(OSError):
-            temporary.unlink()
         return
     _prune(entry.parent, max_entries)
 

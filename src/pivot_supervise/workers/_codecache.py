@@ -44,18 +44,15 @@ Not thread-safe: one load uses one cache object.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import marshal
-import os
 import sys
-import threading
 import types
 from pathlib import Path
 from typing import cast
 
-from pivot_supervise._state_dir import make_state_dir
+from pivot_supervise._state_dir import make_state_dir, seal, unseal, write_atomically
 
 from ._imports import last_compilation
 
@@ -65,7 +62,6 @@ __all__ = ["Analysis", "CacheKey", "CodeAnalysisCache"]
 #: means is the caller's ``version``).
 _LAYOUT = 1
 _MAGIC = b"pivot-supervise code analyses\n"
-_DIGEST_SIZE = 32
 #: A code object's name across processes: (sha256 of its file's source, position).
 CacheKey = tuple[str, int]
 #: What is kept per code object: its digest and three sorted tuples of names.
@@ -170,10 +166,11 @@ class CodeAnalysisCache:
         """Write the entries this load used, if it analysed anything new; never raises."""
         if not self.misses:
             return
-        payload = marshal.dumps((self._header, self._used))
-        data = _MAGIC + hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest() + payload
+        data = seal(_MAGIC, marshal.dumps((self._header, self._used)))
         try:
-            _write_atomically(self.path, data)
+            if not self.path.parent.is_dir():
+                make_state_dir(self.path.parent)
+            write_atomically(self.path, data)
         except OSError as exc:
             self.write_error = f"cannot write {self.path}: {exc}"
         else:
@@ -192,11 +189,8 @@ def _own_digest() -> str:
 
 def _parse(data: bytes, header: _Header) -> _Entries:
     """The entries of a cache file's bytes, or nothing if they are not a healthy file of ours."""
-    start = len(_MAGIC) + _DIGEST_SIZE
-    if not data.startswith(_MAGIC) or len(data) <= start:
-        return {}
-    payload = data[start:]
-    if hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest() != data[len(_MAGIC) : start]:
+    payload = unseal(_MAGIC, data)
+    if not payload:
         return {}
     try:
         content: object = marshal.loads(payload)
@@ -251,24 +245,3 @@ class _Compilation:
             self._level = level
             position = positions.get(id(code))
         return position
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` by a file holding ``data``; a reader sees the old or the new file."""
-    directory = path.parent
-    if not directory.is_dir():
-        make_state_dir(directory)
-    # Named after this process and thread rather than made by ``tempfile.mkstemp``,
-    # whose first call in a process (seeding its random names) costs more than the
-    # write.  One left behind by a killed process is overwritten by its pid's next use.
-    temporary = directory / f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-    fd = os.open(temporary, flags, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
