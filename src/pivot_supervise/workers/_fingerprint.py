@@ -963,23 +963,12 @@ def _scan(code: types.CodeType) -> tuple[bytearray, dict[int, int], _Loaded, boo
             slot = order[arg] = len(order)
         if remap:
             normalised[2 * j + 1] = slot
-    global_names: set[str] = set()
-    attrs: set[str] = set()
-    imports: set[str] = set()
-    co_names = code.co_names
-    count = len(co_names)
+    loaded: _Loaded = (set(), set(), set())
     little = sys.byteorder == "little"
     for unit in _NAME_UNITS.intersection(memoryview(raw).cast("H")):
         op, arg = (unit & 0xFF, unit >> 8) if little else (unit >> 8, unit & 0xFF)
-        shift = _GLOBAL_OPS.get(op)
-        if shift is not None and arg >> shift < count:
-            global_names.add(co_names[arg >> shift])
-        shift = _ATTR_OPS.get(op)
-        if shift is not None and arg >> shift < count:
-            attrs.add(co_names[arg >> shift])
-        if op == _IMPORT_NAME and arg < count:
-            imports.add(co_names[arg])
-    return normalised, order, (global_names, attrs, imports), remap
+        _note_name(op, arg, code.co_names, loaded)
+    return normalised, order, loaded, remap
 
 
 def _scan_slowly(code: types.CodeType) -> tuple[bytearray, dict[int, int], _Loaded, bool]:
@@ -988,11 +977,7 @@ def _scan_slowly(code: types.CodeType) -> tuple[bytearray, dict[int, int], _Load
     remap = len(code.co_consts) <= 256
     normalised = bytearray(raw)
     order: dict[int, int] = {}
-    global_names: set[str] = set()
-    attrs: set[str] = set()
-    imports: set[str] = set()
-    co_names = code.co_names
-    count = len(co_names)
+    loaded: _Loaded = (set(), set(), set())
     ext = 0
     for i in range(0, len(raw), 2):
         op = raw[i]
@@ -1008,15 +993,22 @@ def _scan_slowly(code: types.CodeType) -> tuple[bytearray, dict[int, int], _Load
             if remap:
                 normalised[i + 1] = slot
             continue
-        shift = _GLOBAL_OPS.get(op)
-        if shift is not None and arg >> shift < count:
-            global_names.add(co_names[arg >> shift])
-        shift = _ATTR_OPS.get(op)
-        if shift is not None and arg >> shift < count:
-            attrs.add(co_names[arg >> shift])
-        if op == _IMPORT_NAME and arg < count:
-            imports.add(co_names[arg])
-    return normalised, order, (global_names, attrs, imports), remap
+        _note_name(op, arg, code.co_names, loaded)
+    return normalised, order, loaded, remap
+
+
+def _note_name(op: int, arg: int, co_names: tuple[str, ...], loaded: _Loaded) -> None:
+    """Add the name instruction ``op arg`` loads to ``loaded``, by how it is loaded."""
+    global_names, attrs, imports = loaded
+    count = len(co_names)
+    shift = _GLOBAL_OPS.get(op)
+    if shift is not None and arg >> shift < count:
+        global_names.add(co_names[arg >> shift])
+    shift = _ATTR_OPS.get(op)
+    if shift is not None and arg >> shift < count:
+        attrs.add(co_names[arg >> shift])
+    if op == _IMPORT_NAME and arg < count:
+        imports.add(co_names[arg])
 
 
 def _qualified(obj: object) -> str:
