@@ -106,6 +106,13 @@ class StageOutcome:
     out_signatures: Mapping[str, FileSignature] = field(default_factory=dict[str, FileSignature])
 
 
+def failed_before_running(stage: str, generation: int, error: str, *, pid: int) -> StageOutcome:
+    """The outcome of a stage that failed before its function ran (or could finish)."""
+    return StageOutcome(
+        stage=stage, generation=generation, pid=pid, status="failed", duration_ms=0.0, error=error
+    )
+
+
 def not_started(stage: str, generation: int, failed: str) -> StageOutcome:
     """The outcome of a stage held back because ``failed``, before it in its batch, failed.
 

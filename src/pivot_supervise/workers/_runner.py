@@ -24,7 +24,12 @@ from types import TracebackType
 from typing import Any, Literal
 
 from pivot_supervise.pipeline._hashing import walk_files
-from pivot_supervise.pipeline._model import FileSignature, PipelineSnapshot, StageOutcome
+from pivot_supervise.pipeline._model import (
+    FileSignature,
+    PipelineSnapshot,
+    StageOutcome,
+    failed_before_running,
+)
 from pivot_supervise.pipeline._paths import paths_overlap
 
 from ._capture import CapturedOutput, capture_fds, capture_thread
@@ -59,25 +64,12 @@ def execute_stage(
     spec = loaded.snapshot.get(stage)
     function = loaded.functions.get(stage)
     if spec is None or function is None:
-        return StageOutcome(
-            stage=stage,
-            generation=generation,
-            pid=pid,
-            status="failed",
-            duration_ms=0.0,
-            error=f"no stage named {stage!r} in the loaded pipeline",
-        )
+        error = f"no stage named {stage!r} in the loaded pipeline"
+        return failed_before_running(stage, generation, error, pid=pid)
 
     missing = _missing_dependency(loaded.snapshot, spec.deps, project_root)
     if missing is not None:
-        return StageOutcome(
-            stage=stage,
-            generation=generation,
-            pid=pid,
-            status="failed",
-            duration_ms=0.0,
-            error=missing,
-        )
+        return failed_before_running(stage, generation, missing, pid=pid)
 
     stage_params = None if spec.params is None else (spec.params if params is None else params)
     capturing: AbstractContextManager[CapturedOutput] = (

@@ -32,7 +32,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pivot_supervise.pipeline._model import StageOutcome, not_started
+from pivot_supervise.pipeline._model import StageOutcome, failed_before_running, not_started
 
 from ._imports import project_module_files
 from ._loader import LoadedPipeline, PipelineLoadError, load_pipeline, load_validated
@@ -437,14 +437,8 @@ def run_stage(request: RunRequest) -> StageOutcome:
             why = f"this worker failed to load the pipeline: {state.error}"
         else:
             why = "this worker failed to load the pipeline"
-        return StageOutcome(
-            stage=request.stage,
-            generation=request.generation,
-            pid=os.getpid(),
-            status="failed",
-            duration_ms=0.0,
-            error=f"cannot run stage {request.stage!r} of generation {request.generation}: {why}",
-        )
+        error = f"cannot run stage {request.stage!r} of generation {request.generation}: {why}"
+        return failed_before_running(request.stage, request.generation, error, pid=os.getpid())
     stopped = _stopped_by(request)
     if stopped is not None:
         return not_started(request.stage, request.generation, stopped)

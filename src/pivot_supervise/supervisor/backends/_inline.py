@@ -16,7 +16,7 @@ from functools import partial
 
 import trio
 
-from ...pipeline._model import StageOutcome, not_started
+from ...pipeline._model import StageOutcome, failed_before_running, not_started
 from ...workers._loader import LoadedPipeline, PipelineLoadError, load_pipeline
 from ...workers._messages import RunRequest
 from ...workers._runner import execute_stage
@@ -98,14 +98,8 @@ class InlineBackend:
 
 
 def _retired(request: RunRequest) -> StageOutcome:
-    return StageOutcome(
-        stage=request.stage,
-        generation=request.generation,
-        pid=os.getpid(),
-        status="failed",
-        duration_ms=0.0,
-        error=f"generation {request.generation} was retired before the stage could start",
-    )
+    error = f"generation {request.generation} was retired before the stage could start"
+    return failed_before_running(request.stage, request.generation, error, pid=os.getpid())
 
 
 __all__ = ["InlineBackend"]

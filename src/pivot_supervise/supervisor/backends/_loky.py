@@ -37,7 +37,7 @@ import structlog
 import trio
 from loky.process_executor import ShutdownExecutorError
 
-from ...pipeline._model import StageOutcome
+from ...pipeline._model import StageOutcome, failed_before_running
 from ...workers._messages import (
     BatchRequest,
     LoadReply,
@@ -497,14 +497,8 @@ def _pids_marked(directory: Path) -> list[int]:
 
 
 def _failed(request: RunRequest, why: str, *, pid: int = 0) -> StageOutcome:
-    return StageOutcome(
-        stage=request.stage,
-        generation=request.generation,
-        pid=pid,
-        status="failed",
-        duration_ms=0.0,
-        error=f"stage '{request.stage}' did not finish: {why}",
-    )
+    error = f"stage '{request.stage}' did not finish: {why}"
+    return failed_before_running(request.stage, request.generation, error, pid=pid)
 
 
 def _first_line(exc: BaseException) -> str:
