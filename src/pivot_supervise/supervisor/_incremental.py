@@ -84,12 +84,9 @@ class Incremental:
         state = self.current_state(spec)
         return Check(decide(state, _baseline(record), force=force), state, record is not None)
 
-    def prepare(self, spec: StageSpec, *, force: bool = False) -> Check:
-        """Decide; if the stage must run, forget its record first (one trip off-thread)."""
-        return self.prepare_many([(spec, force)])[0]
-
     def prepare_many(self, stages: Iterable[tuple[StageSpec, bool]]) -> list[Check]:
-        """:meth:`prepare` for several ``(spec, force)`` pairs: one read, one write."""
+        """Decide for each ``(spec, force)``; forget the record of each stage that must
+        run before it starts (one read, one write; one trip off the trio thread)."""
         stages = list(stages)
         records = self.store.records_of(spec.name for spec, _ in stages)
         checks = [self._check(spec, records.get(spec.name), force=force) for spec, force in stages]
@@ -101,10 +98,6 @@ class Incremental:
         if stale:  # a run that never finishes must run again
             self.store.drop(*stale)
         return checks
-
-    def before_run(self, spec: StageSpec) -> None:
-        """Forget the stage's record: if the run never finishes, the stage runs again."""
-        self.store.drop(spec.name)
 
     def after_success(
         self, spec: StageSpec, check: Check, outcome: StageOutcome, *, run_id: int
