@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 import re
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from pivot_supervise.pipeline._dag import PipelineGraph, build_snapshot
 from pivot_supervise.pipeline._errors import PipelineError
-from pivot_supervise.pipeline._model import StageSpec
+from pivot_supervise.pipeline._model import PipelineSnapshot, StageSpec
 from pivot_supervise.pipeline._paths import normalize_stage_path, paths_overlap
 
 
@@ -339,3 +340,25 @@ def test_a_planted_cycle_is_always_reported_with_real_edges(
         assert any(
             paths_overlap(dep, out) for dep in by_name[consumer].deps for out in outs[producer]
         ), (producer, consumer)
+
+
+def test_a_snapshot_survives_pickling_whole() -> None:
+    """Snapshots travel between processes (load replies, validated pipelines)."""
+    stages = (
+        StageSpec(
+            "train",
+            "pipeline",
+            ("data/x.csv",),
+            ("model.pkl",),
+            {"lr": 0.1},
+            "f" * 64,
+            {"pipeline:train": "d" * 32},
+            "p" * 64,
+        ),
+        spec("report", deps=("model.pkl",)),
+    )
+    snapshot = PipelineSnapshot(stages, ("a warning",), "c" * 64)
+    copy = pickle.loads(pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL))
+    assert copy == snapshot
+    assert copy.stages[0].code_parts == {"pipeline:train": "d" * 32}
+    assert copy["report"] == stages[1], "the name index is rebuilt"

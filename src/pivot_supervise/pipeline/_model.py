@@ -8,6 +8,8 @@ affected stages, its own writes) without ever importing user code.
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +41,15 @@ class StageSpec:
     code_parts: Mapping[str, str] = field(default_factory=dict[str, str])
     params_digest: str = ""
 
+    def __reduce__(self) -> tuple[type[StageSpec], tuple[Any, ...]]:
+        # Every load reply and validated pipeline carries all the specs: as positional
+        # arguments they pickle ~4x and unpickle ~2x faster than as slot state.
+        return StageSpec, _spec_fields(self)
+
+
+#: A spec's fields in order, as one tuple (see :meth:`StageSpec.__reduce__`).
+_spec_fields: Any = operator.attrgetter(*(f.name for f in dataclasses.fields(StageSpec)))
+
 
 @dataclass(frozen=True, slots=True)
 class PipelineSnapshot:
@@ -58,6 +69,9 @@ class PipelineSnapshot:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {s.name: s for s in self.stages})
+
+    def __reduce__(self) -> tuple[type[PipelineSnapshot], tuple[Any, ...]]:
+        return PipelineSnapshot, (self.stages, self.warnings, self.code_digest)
 
     @property
     def names(self) -> tuple[str, ...]:
