@@ -81,6 +81,7 @@ __all__ = [
     "fingerprint_stages",
     "open_code_cache",
     "params_digest",
+    "prepare_fingerprints",
 ]
 
 
@@ -177,6 +178,12 @@ _ANALYSIS_FORMAT = 1
 def open_code_cache(state_dir: Path) -> CodeAnalysisCache:
     """The code analyses cached in ``state_dir`` by earlier loads (of this algorithm)."""
     return CodeAnalysisCache.open(state_dir, _analysis_version())
+
+
+def prepare_fingerprints() -> None:
+    """Do the one-time work of the first fingerprinting now (reading this module's file
+    to version the cache), in a worker still waiting for its generation."""
+    _analysis_version()
 
 
 @functools.cache

@@ -178,6 +178,20 @@ def install_fresh_source_imports(project_root: Path) -> None:
     importlib.invalidate_caches()
 
 
+def prepare_imports(project_root: Path) -> None:
+    """Install fresh-source imports for ``project_root`` and make every path finder again.
+
+    Installing empties Python's cache of path finders; the next import then makes one
+    for each ``sys.path`` entry again (our hook is asked about each).  Done ahead, in a
+    standby worker waiting for its generation, that is not paid by the load on the way
+    to promotion.  Nothing is imported, and the project root is not on ``sys.path`` yet:
+    its finder is made, and its directory listed, when the load first imports from it.
+    """
+    install_fresh_source_imports(project_root)
+    # A name nothing can be: the search visits (and so caches a finder for) every entry.
+    importlib.machinery.PathFinder.find_spec("_pivot_supervise_no_such_module_")
+
+
 def project_module_files(project_root: Path, among: Iterable[str] | None = None) -> dict[str, Path]:
     """Map the name of every loaded project module to its file.
 

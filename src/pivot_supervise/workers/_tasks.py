@@ -35,7 +35,13 @@ from pathlib import Path
 from pivot_supervise.pipeline._model import StageOutcome, failed_before_running, not_started
 
 from ._imports import project_module_files
-from ._loader import LoadedPipeline, PipelineLoadError, load_pipeline, load_validated
+from ._loader import (
+    LoadedPipeline,
+    PipelineLoadError,
+    load_pipeline,
+    load_validated,
+    prepare_for_load,
+)
 from ._messages import (
     PARK_REQUEST_FILE,
     PARKED_FIFO,
@@ -142,15 +148,21 @@ def warm_up(request: WarmRequest) -> WarmReply:
     """Answer one no-op after every worker of the pool did (each takes exactly one).
 
     Used to warm a standby generation: when it returns, every worker process is up,
-    initialised and idle.  Also reports any project module already in ``sys.modules``
-    (a preload that pulled in project code): such a worker must never be promoted,
-    because it did not import that code through the fresh-source loader of a load.
+    initialised, ready to load (:func:`prepare_for_load`) and idle.  Also reports any
+    project module already in ``sys.modules`` (a preload that pulled in project code):
+    such a worker must never be promoted, because it did not import that code through
+    the fresh-source loader of a load.
     """
     pid = os.getpid()
-    modules = tuple(sorted(project_module_files(Path(request.project_root))))
+    root = Path(request.project_root)
+    modules = tuple(sorted(project_module_files(root)))
     error = _wait_for(
         Path(request.barrier_dir), pid, request.barrier_size, request.barrier_timeout_s, "warm-up"
     )
+    try:
+        prepare_for_load(root)
+    except Exception as exc:  # only ever an optimisation: the load does it anyway
+        _report(f"could not prepare for loading: {exc!r}")
     _freeze_heap()
     return WarmReply(pid, modules, error)
 
