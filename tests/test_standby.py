@@ -128,6 +128,27 @@ async def test_a_standby_in_which_the_load_failed_is_thrown_away(
         assert set(third.workers) == set(replacement)
 
 
+async def test_a_standby_that_lost_a_worker_is_never_promoted(
+    make_project: ProjectFactory,
+) -> None:
+    project = make_project(RECORDING)
+    async with standby_backend(project, max_workers=2) as backend:
+        await load(backend, 1, 1)
+        pipeline = project / "pipeline.py"
+        pipeline.write_text(pipeline.read_text() + "\n@stage()\ndef other():\n    pass\n")
+        await load(backend, 2, 1)
+        standby = await ready_standby(backend)
+        assert len(standby) == 2
+
+        os.kill(standby[0], signal.SIGKILL)
+        await assert_gone(standby[:1])
+        third = await load(backend, 3, 2)
+        assert not set(third.workers) & set(standby), "a cold start, not the broken standby"
+        with trio.fail_after(TIMEOUT_S):
+            outcome = (await backend.run(RunRequest(3, "show"))).outcome
+        assert outcome.status == "ok", outcome.error
+
+
 async def test_a_standby_of_the_wrong_size_is_rebuilt_when_the_stage_count_changes(
     make_project: ProjectFactory,
 ) -> None:

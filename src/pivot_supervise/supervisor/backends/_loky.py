@@ -202,7 +202,9 @@ class LokyBackend:
             if self._standby is not None:
                 self._standby.want(self._next_size(workers, result))
 
-    async def _load(self, generation: int, workers: int) -> GenerationLoaded | GenerationFailed:
+    async def _load(
+        self, generation: int, workers: int, *, from_standby: bool = True
+    ) -> GenerationLoaded | GenerationFailed:
         try:
             pipeline_file, params_file = await trio.to_thread.run_sync(pipeline_files, self._config)
         except ConfigError as exc:
@@ -218,7 +220,8 @@ class LokyBackend:
             load_slots=_load_slots(),
         )
         started = time.perf_counter()
-        standby = await self._standby.take(workers) if self._standby is not None else None
+        keeper = self._standby if from_standby else None
+        standby = await keeper.take(workers) if keeper is not None else None
         # Held before any load task exists: only the validating task may proceed.
         gate = _Gate(directory)
         futures: list[concurrent.futures.Future[LoadReply]] = []
@@ -244,6 +247,12 @@ class LokyBackend:
             reply = await self._wait_for_validation(gen, futures)
         except (concurrent.futures.process.BrokenProcessPool, ShutdownExecutorError) as exc:
             gate.release()
+            if standby is not None:
+                # A standby worker died after it parked (its death may not have been
+                # noticed when the standby was taken): not the pipeline's fault.
+                log.info("a standby worker died; starting cold", error=_first_line(exc))
+                await self.retire(generation)
+                return await self._load(generation, workers, from_standby=False)
             return GenerationFailed(
                 generation, f"a worker died while loading the pipeline: {_first_line(exc)}"
             )
