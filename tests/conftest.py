@@ -33,6 +33,7 @@ from pivot_supervise.supervisor._core import OnError, RunOptions
 from pivot_supervise.supervisor._events import Event
 from pivot_supervise.supervisor._supervisor import Service, Supervisor
 from pivot_supervise.supervisor.backends import LoadGate, LokyBackend
+from pivot_supervise.supervisor.backends._loky import LOADERS_GRACE_S
 
 #: Upper bound of any single wait for an event; generous for a loaded 2-core CI box.
 TIMEOUT_S = 20.0
@@ -319,6 +320,7 @@ async def serving_backend(
     standby: bool,
     max_workers: int | None = None,
     load_gate: LoadGate | None = None,
+    loaders_grace_s: float = LOADERS_GRACE_S,
 ) -> AsyncIterator[LokyBackend]:
     """A loky backend driven directly, its service running; all its processes gone after.
 
@@ -326,7 +328,11 @@ async def serving_backend(
     that the first executor of a test process starts: not ours to stop here.
     """
     backend = LokyBackend(
-        load_config(project), standby=standby, max_workers=max_workers, load_gate=load_gate
+        load_config(project),
+        standby=standby,
+        max_workers=max_workers,
+        load_gate=load_gate,
+        loaders_grace_s=loaders_grace_s,
     )
     before = children_of(os.getpid())
     try:

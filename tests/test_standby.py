@@ -35,6 +35,7 @@ from conftest import (
 )
 from pivot_supervise.supervisor._core import GenerationFailed, GenerationLoaded
 from pivot_supervise.supervisor.backends import LoadGate, LokyBackend, StandbyUnavailable
+from pivot_supervise.supervisor.backends._loky import LOADERS_GRACE_S
 from pivot_supervise.supervisor.backends._scratch import sweep_abandoned
 from pivot_supervise.workers._messages import RunRequest
 
@@ -61,16 +62,61 @@ RECORDING = {
 }
 
 
+#: Three stages; ``waits`` finishes only once ``signals`` ran, which takes two workers.
+WAITING = {
+    "pipeline.py": """
+        import os
+        import time
+        from pathlib import Path
+
+        from pivot_supervise import stage
+
+        HERE = Path(__file__).parent
+        with open(HERE / "imports.log", "a") as log:
+            log.write(f"{os.getpid()}\\n")
+
+        @stage()
+        def quick():
+            pass
+
+        @stage()
+        def waits():
+            (HERE / "waiting").touch()
+            deadline = time.monotonic() + 60
+            while not (HERE / "signal").exists():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("'signals' never ran")
+                time.sleep(0.005)
+
+        @stage()
+        def signals():
+            (HERE / "signal").touch()
+    """,
+}
+
+#: Long enough that no promoted standby's workers load for want of a first stage.
+NEVER_S = 3600.0
+
+
 def imported_by(project: Path) -> set[int]:
     log = project / "imports.log"
     return {int(line) for line in log.read_text().split()} if log.exists() else set()
 
 
 def standby_backend(
-    project: Path, max_workers: int | None = None, load_gate: LoadGate | None = None
+    project: Path,
+    max_workers: int | None = None,
+    load_gate: LoadGate | None = None,
+    loaders_grace_s: float = LOADERS_GRACE_S,
 ) -> AbstractAsyncContextManager[LokyBackend]:
     """A loky backend with standby on and its service running; all processes gone after."""
-    return serving_backend(project, standby=True, max_workers=max_workers, load_gate=load_gate)
+    return serving_backend(
+        project,
+        standby=True,
+        max_workers=max_workers,
+        load_gate=load_gate,
+        loaders_grace_s=loaders_grace_s,
+    )
 
 
 async def load(backend: LokyBackend, generation: int, workers: int) -> GenerationLoaded:
@@ -102,6 +148,66 @@ async def test_a_standby_never_imports_project_code_and_becomes_the_next_generat
 
         refilled = await ready_standby(backend)
         assert not set(refilled) & (set(first.workers) | set(standby))
+
+
+async def promoted_standby(backend: LokyBackend, workers: int) -> tuple[int, ...]:
+    """Generation 1 cold, then generation 2 from the standby; the standby's pids."""
+    await load(backend, 1, workers)
+    standby = await ready_standby(backend)
+    second = await load(backend, 2, workers)
+    assert set(second.workers) == set(standby), "the load took the ready standby"
+    return standby
+
+
+async def wait_imported(project: Path, pids: tuple[int, ...]) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        while not set(pids) <= imported_by(project):
+            await trio.sleep(0.01)
+
+
+async def test_a_promoted_standby_loads_its_other_workers_once_its_first_stage_answered(
+    make_project: ProjectFactory,
+) -> None:
+    project = make_project(WAITING)
+    async with standby_backend(project, max_workers=3, loaders_grace_s=NEVER_S) as backend:
+        standby = await promoted_standby(backend, 3)
+        assert len(imported_by(project) & set(standby)) == 1, (
+            "only the validating worker may load before the first stage: the others "
+            "would take CPU from it"
+        )
+        with trio.fail_after(TIMEOUT_S):
+            outcome = (await backend.run(RunRequest(2, "quick"))).outcome
+        assert outcome.status == "ok", outcome.error
+        await wait_imported(project, standby)
+
+
+async def test_a_promoted_standby_loads_its_other_workers_at_once_when_work_waits(
+    make_project: ProjectFactory,
+) -> None:
+    project = make_project(WAITING)
+    async with standby_backend(project, max_workers=3, loaders_grace_s=NEVER_S) as backend:
+        await promoted_standby(backend, 3)
+        outcomes: dict[str, str] = {}
+
+        async def run(stage: str) -> None:
+            outcomes[stage] = (await backend.run(RunRequest(2, stage))).outcome.status
+
+        with trio.fail_after(TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, "waits")  # holds the validating worker
+                while not (project / "waiting").exists():
+                    await trio.sleep(0.01)
+                nursery.start_soon(run, "signals")  # needs a second worker to load
+        assert outcomes == {"waits": "ok", "signals": "ok"}
+
+
+async def test_a_promoted_standby_loads_its_other_workers_after_a_grace_without_stages(
+    make_project: ProjectFactory,
+) -> None:
+    project = make_project(WAITING)
+    async with standby_backend(project, max_workers=3, loaders_grace_s=0.0) as backend:
+        standby = await promoted_standby(backend, 3)
+        await wait_imported(project, standby)
 
 
 async def test_a_standby_in_which_the_load_failed_is_thrown_away(

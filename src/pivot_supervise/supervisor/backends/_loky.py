@@ -72,6 +72,11 @@ __all__ = [
 log = structlog.get_logger("pivot_supervise.pool")
 
 
+#: At most how long a promoted standby's other workers wait for its first stages.  Long
+#: enough for the supervisor to decide and send them (~1-2 ms here); short enough that
+#: a pool whose first stage runs for minutes is soon loaded.
+LOADERS_GRACE_S = 0.02
+
 #: How long closing the last backend waits for loky's resource tracker to exit.
 TRACKER_STOP_TIMEOUT_S = 2.0
 
@@ -100,6 +105,10 @@ class _Generation:
     loaded: bool = False
     #: The parked workers of the standby it came from (None: a cold start).
     park: Park | None = None
+    #: Its other parked workers wait for the first stages (see :meth:`LokyBackend._defer`).
+    deferred: bool = False
+    #: Stage tasks sent and not answered yet.
+    in_flight: int = 0
 
     @property
     def validated(self) -> str:
@@ -140,10 +149,13 @@ class LokyBackend:
         standby: bool = False,
         max_workers: int | None = None,
         load_gate: LoadGate | None = None,
+        loaders_grace_s: float = LOADERS_GRACE_S,
     ) -> None:
         """``load_gate``: a test seam.  When given, it is awaited (in :meth:`serve`)
         after a generation was validated and promoted, before its other workers may
         load; a test uses it to act in between (say, break a file on disk).
+        ``loaders_grace_s``: how long a promoted standby's other workers wait at most
+        for its first stages (see :meth:`_defer`); a test makes it long.
         """
         self._config = config
         self._root = config.project_root.resolve()
@@ -152,6 +164,7 @@ class LokyBackend:
         self._cap = max_workers
         self._standby = StandbyKeeper(self._root, config.preload) if standby else None
         self._load_gate = load_gate
+        self._loaders_grace_s = loaders_grace_s
         self._nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------------------ standby
@@ -260,8 +273,8 @@ class LokyBackend:
         if isinstance(result, GenerationLoaded):
             gen.loaded = True
             self._open_gate(generation, gate)
-            if gen.park is not None:  # a few now, then one more as each finishes loading
-                gen.park.release(_load_slots())
+            if gen.park is not None:
+                self._defer(gen)
         else:
             gate.release()  # the others answer "failed to validate"; the core retires it
             if gen.park is not None:
@@ -275,6 +288,32 @@ class LokyBackend:
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
         return result
+
+    def _defer(self, gen: _Generation) -> None:
+        """Let a promoted standby's other workers load once its first stages are done.
+
+        Right after promotion the generation's first stages run on the validating
+        worker; a worker loading next to it takes CPU from them (on two cores a trivial
+        first stage took ~2.5 ms instead of ~1 ms).  So the others wait until the first
+        answer comes back, until more stage tasks are in flight than the one worker can
+        take, or ``loaders_grace_s`` after the promotion, whichever is first; then a
+        core's worth of them load, and one more as each finishes.  (A cold start's
+        workers are all busy starting anyway: they load as soon as the gate opens.)
+        """
+        gen.deferred = True
+        if self._nursery is None:  # no timer without serve(): let them go now
+            self._let_others_load(gen)
+            return
+        self._nursery.start_soon(self._let_others_load_later, gen)
+
+    async def _let_others_load_later(self, gen: _Generation) -> None:
+        await trio.sleep(self._loaders_grace_s)
+        self._let_others_load(gen)
+
+    def _let_others_load(self, gen: _Generation) -> None:
+        if gen.deferred and gen.park is not None:
+            gen.deferred = False
+            gen.park.release(_load_slots())
 
     def _spawn(
         self,
@@ -368,6 +407,7 @@ class LokyBackend:
         gen = self._generations.get(generation)
         if gen is None:
             return ()
+        self._let_others_load(gen)  # every worker must answer: none may wait for stages
         size = len(gen.pids)
         barrier = scratch_dir(f"ping-g{generation}")
         request = WarmRequest(str(self._root), str(barrier), size)
@@ -419,6 +459,9 @@ class LokyBackend:
         requests = [
             dataclasses.replace(r, validated=gen.validated, stop_file=stop) for r in requests
         ]
+        gen.in_flight += 1
+        if gen.in_flight > 1:  # more work than the validating worker alone can take
+            self._let_others_load(gen)
         try:
             # The workers are already up, so submit() only queues the task.
             if len(requests) == 1:
@@ -433,6 +476,9 @@ class LokyBackend:
         except (ShutdownExecutorError, RuntimeError, concurrent.futures.CancelledError):
             why = "its generation was retired while it ran"
             return [StageResult(_failed(request, why)) for request in requests]
+        finally:
+            gen.in_flight -= 1
+            self._let_others_load(gen)
 
     # ------------------------------------------------------------------- closing
 
