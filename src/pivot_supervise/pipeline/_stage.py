@@ -101,6 +101,8 @@ def _check_function(func: object) -> tuple[str, str]:
 
 def _check_paths(where: str, kind: str, value: object) -> tuple[str, ...]:
     """Accept a list or tuple of ``str``/``PathLike[str]``; return them as strings."""
+    if type(value) is tuple and not value:  # the default: most stages' deps or outs
+        return ()
     single = _as_path(value)
     if single is not None:
         raise PipelineError(

@@ -264,11 +264,17 @@ def _with_fingerprints(
     cache = open_code_cache(root / STATE_DIR)
     prints = fingerprint_stages(functions, root, modules=modules, cache=cache)
     cache.save()
+    # Built whole rather than with dataclasses.replace, which costs ~4x as much per
+    # stage.  ``parts`` is a fresh dict per stage: no copy needed.
     return [
-        dataclasses.replace(
-            spec,
+        StageSpec(
+            spec.name,
+            spec.module,
+            spec.deps,
+            spec.outs,
+            spec.params,
             code_fingerprint=prints[spec.name].code,
-            code_parts=prints[spec.name].parts,  # a fresh dict per stage: no copy needed
+            code_parts=prints[spec.name].parts,
             params_digest=params_digest(spec.params),
         )
         for spec in specs
