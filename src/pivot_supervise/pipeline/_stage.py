@@ -31,14 +31,16 @@ class _Missing:
 
 
 _MISSING: Final = _Missing()
+#: The default deps and outs (nothing to check).
+_NO_PATHS: Final[tuple[str, ...]] = ()
 
 
 def stage(
     _func: object = _MISSING,
     /,
     *,
-    deps: Sequence[PathArg] = (),
-    outs: Sequence[PathArg] = (),
+    deps: Sequence[PathArg] = _NO_PATHS,
+    outs: Sequence[PathArg] = _NO_PATHS,
 ) -> Callable[[_F], _F]:
     """Declare a module-level function as a pipeline stage.
 
@@ -101,7 +103,7 @@ def _check_function(func: object) -> tuple[str, str]:
 
 def _check_paths(where: str, kind: str, value: object) -> tuple[str, ...]:
     """Accept a list or tuple of ``str``/``PathLike[str]``; return them as strings."""
-    if type(value) is tuple and not value:  # the default: most stages' deps or outs
+    if value is _NO_PATHS:  # the default: most stages' deps or outs
         return ()
     single = _as_path(value)
     if single is not None:
