@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 
 from pivot_supervise.workers._codecache import CodeAnalysisCache
-from pivot_supervise.workers._fingerprint import fingerprint_stages, open_code_cache
+from pivot_supervise.workers._fingerprint import (
+    fingerprint_stages,
+    open_code_cache,
+    prepare_fingerprints,
+)
 from pivot_supervise.workers._loader import STATE_DIR, load_pipeline
 
 HEADER = "from pivot_supervise.pipeline._stage import stage\n"
@@ -247,6 +251,37 @@ def test_the_loader_keeps_the_cache_in_the_state_directory(tmp_path: Path) -> No
     cache = open_code_cache(tmp_path / STATE_DIR)
     assert fingerprints(tmp_path, cache) == fingerprints(tmp_path)
     assert (cache.hits, cache.misses) == (4, 0)
+
+
+def test_a_cache_read_ahead_is_served_while_its_file_is_unchanged(tmp_path: Path) -> None:
+    """A standby worker reads the cache while it waits; its load then uses that read."""
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    state = tmp_path / "state"
+    cached_and_uncached(tmp_path, state)
+    prepare_fingerprints(state)
+    # Garbage in place, with the same inode, size and mtime: only a second read sees it.
+    path = cache_file(state)
+    before = path.stat()
+    with path.open("r+b") as file:
+        file.write(b"\0" * before.st_size)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    _, served = cached_and_uncached(tmp_path, state)
+    assert (served.hits, served.misses) == (4, 0), "the read-ahead cache was not served"
+
+
+def test_a_cache_read_ahead_is_read_again_once_another_load_wrote_it(tmp_path: Path) -> None:
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    state = tmp_path / "state"
+    cached_and_uncached(tmp_path, state)
+    prepare_fingerprints(state)
+    helpers = tmp_path / "helpers.py"
+    helpers.write_text(helpers.read_text() + "\n\ndef unused():\n    return 0\n")
+    other = fingerprint_in_child(tmp_path, state)  # another worker's load saves it
+    assert other["misses"], "the edit must be analysed and saved"
+
+    _, again = cached_and_uncached(tmp_path, state)
+    assert (again.hits, again.misses) == (4, 0), "the load read the stale read-ahead"
 
 
 #: Fingerprints in a fresh interpreter, with the cache in argv[2] and without any.

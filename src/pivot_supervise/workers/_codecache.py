@@ -102,8 +102,7 @@ class CodeAnalysisCache:
         other version, interpreter or optimisation level are never served.  A missing or
         unusable file gives an empty cache; this never raises for the file's sake.
         """
-        tag = sys.implementation.cache_tag or sys.implementation.name
-        path = directory / f"code-analyses.{tag}.bin"
+        path = cache_file(directory)
         header: _Header = (
             _LAYOUT,
             _own_digest(),
@@ -175,6 +174,12 @@ class CodeAnalysisCache:
             self.write_error = f"cannot write {self.path}: {exc}"
         else:
             self.write_error = None
+
+
+def cache_file(directory: Path) -> Path:
+    """The file in ``directory`` that keeps the analyses of this interpreter's code."""
+    tag = sys.implementation.cache_tag or sys.implementation.name
+    return directory / f"code-analyses.{tag}.bin"
 
 
 @functools.cache

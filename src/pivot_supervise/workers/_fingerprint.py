@@ -72,7 +72,7 @@ from typing import Any, cast
 from pivot_supervise import __version__
 from pivot_supervise.pipeline._freshness import diff_parts
 
-from ._codecache import Analysis, CodeAnalysisCache
+from ._codecache import Analysis, CodeAnalysisCache, cache_file
 from ._imports import is_project_file, project_module_files
 
 __all__ = [
@@ -180,14 +180,38 @@ _ANALYSIS_FORMAT = 1
 
 
 def open_code_cache(state_dir: Path) -> CodeAnalysisCache:
-    """The code analyses cached in ``state_dir`` by earlier loads (of this algorithm)."""
+    """The code analyses cached in ``state_dir`` by earlier loads (of this algorithm).
+
+    Served from what :func:`prepare_fingerprints` read ahead if the file is still the
+    one it read (any cache is correct, an older one only serves fewer analyses).
+    """
+    ahead = _read_ahead.pop(state_dir, None)
+    if ahead is not None and ahead[0] == _file_signature(ahead[1].path):
+        return ahead[1]
     return CodeAnalysisCache.open(state_dir, _analysis_version())
 
 
-def prepare_fingerprints() -> None:
-    """Do the one-time work of the first fingerprinting now (reading this module's file
-    to version the cache), in a worker still waiting for its generation."""
-    _analysis_version()
+def prepare_fingerprints(state_dir: Path) -> None:
+    """Do the first fingerprinting's one-time work now, in a worker still waiting for
+    its generation: version the cache (this module's file is read for that) and read
+    the cache file of ``state_dir`` ahead, for the next :func:`open_code_cache`."""
+    signature = _file_signature(cache_file(state_dir))  # before reading it: a write
+    # meanwhile then reads it again at the load
+    _read_ahead[state_dir] = (signature, CodeAnalysisCache.open(state_dir, _analysis_version()))
+
+
+#: Caches read ahead by :func:`prepare_fingerprints`, by state directory: the file's
+#: signature when read, and the cache (served once).
+_read_ahead: dict[Path, tuple[tuple[int, int, int] | None, CodeAnalysisCache]] = {}
+
+
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    """What tells a replaced cache file apart (each write replaces it: a new inode)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 @functools.cache
