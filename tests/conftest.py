@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 import trio
 
+from pivot_supervise._config import load_config
 from pivot_supervise.supervisor._bus import Subscription
-from pivot_supervise.supervisor._config import load_config
 from pivot_supervise.supervisor._core import OnError, RunOptions
 from pivot_supervise.supervisor._events import Event
 from pivot_supervise.supervisor._supervisor import Service, Supervisor

@@ -24,7 +24,7 @@ from trio_websocket import WebSocketConnection
 
 from api_helpers import PROJECT, raw_connection
 from conftest import TIMEOUT_S, EventLog, kill_survivors, wait_gone_blocking, write_files
-from pivot_supervise.supervisor._config import load_config
+from pivot_supervise._config import load_config
 from pivot_supervise.supervisor._core import RunOptions
 from pivot_supervise.supervisor._events import EVENT_NAMES
 from pivot_supervise.supervisor._rpc import MAX_BATCH, Request, parse_frame

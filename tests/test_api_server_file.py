@@ -15,8 +15,8 @@ import pytest
 import trio
 
 from api_helpers import PROJECT, serving
+from pivot_supervise._config import load_config
 from pivot_supervise.client import NoSupervisor, find_supervisor
-from pivot_supervise.supervisor._config import load_config
 from pivot_supervise.supervisor._core import RunOptions
 from pivot_supervise.supervisor._server import ApiServer
 from pivot_supervise.supervisor._server_file import (

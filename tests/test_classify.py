@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pivot_supervise._config import Config
 from pivot_supervise.supervisor._classify import PathClassifier, PathKind
-from pivot_supervise.supervisor._config import Config
 
 
 def classifier(**settings: object) -> PathClassifier:

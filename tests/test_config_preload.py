@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pivot_supervise.supervisor._config import ConfigError, load_config
+from pivot_supervise._config import ConfigError, load_config
 
 
 def write(path: Path, text: str) -> Path:

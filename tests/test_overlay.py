@@ -21,8 +21,8 @@ import trio
 from loky.backend import get_context
 
 from conftest import TIMEOUT_S, assert_gone, children_of, cmdline
+from pivot_supervise._config import load_config
 from pivot_supervise.pipeline._model import StageOutcome
-from pivot_supervise.supervisor._config import load_config
 from pivot_supervise.supervisor.backends import LokyBackend
 from pivot_supervise.workers._messages import LoadReply, LoadRequest, RunRequest
 from pivot_supervise.workers._overlay import VALIDATED_FILE

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import trio
 
-from pivot_supervise.supervisor._config import load_config
+from pivot_supervise._config import load_config
 from pivot_supervise.supervisor._core import RunOptions
 from pivot_supervise.supervisor._supervisor import Supervisor
 from pivot_supervise.supervisor.backends import release_process_resources

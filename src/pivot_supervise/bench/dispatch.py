@@ -27,9 +27,9 @@ import loky
 import trio
 from loky.backend.context import get_context
 
+from .._config import load_config
 from .._state_dir import STATE_DIR
 from ..pipeline._registry import REGISTRY
-from ..supervisor._config import load_config
 from ..supervisor._core import RunOptions, RunRequested
 from ..supervisor._supervisor import Supervisor
 from ..workers._messages import WarmRequest

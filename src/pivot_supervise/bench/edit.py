@@ -26,8 +26,8 @@ from typing import Any
 
 import trio
 
+from .._config import load_config
 from ..supervisor._bus import Subscription
-from ..supervisor._config import load_config
 from ..supervisor._core import RunOptions
 from ..supervisor._events import Event
 from ..supervisor._supervisor import Supervisor

@@ -36,7 +36,7 @@ import loky
 import trio
 from loky.backend.context import get_context
 
-from ..supervisor._config import load_config
+from .._config import load_config
 from ..supervisor._core import GenerationLoaded
 from ..supervisor.backends import LokyBackend
 from ..workers._messages import RunRequest, WarmReply, WarmRequest

@@ -14,7 +14,7 @@ import gc
 import sys
 from collections.abc import Sequence
 
-from ..supervisor._config import ConfigError
+from .._config import ConfigError
 from . import _bench, _client, _demo, _incremental, _session, _stages
 from ._common import EXIT_USAGE, Parser
 

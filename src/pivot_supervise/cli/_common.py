@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TypeAlias
 
-from ..supervisor._config import Config, load_config
+from .._config import Config, load_config
 from ..supervisor._logging import LEVELS, configure_logging
 
 EXIT_USAGE = 2

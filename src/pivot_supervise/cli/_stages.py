@@ -9,8 +9,8 @@ from typing import Any
 
 import trio
 
+from .._config import Config
 from ..pipeline._model import PipelineSnapshot
-from ..supervisor._config import Config
 from ..supervisor._core import GenerationFailed, RunOptions
 from ..supervisor._supervisor import make_backend
 from ._common import Commands, add_logging, add_project, setup

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import trio
 
+from .._config import load_config
 from ..supervisor._bus import Subscription
-from ..supervisor._config import load_config
 from ..supervisor._core import RunOptions
 from ..supervisor._events import Event
 from ..supervisor._logging import configure_logging

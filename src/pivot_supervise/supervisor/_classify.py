@@ -18,8 +18,8 @@ import posixpath
 import re
 from collections.abc import Iterable
 
+from .._config import OWN_FILE, PYPROJECT, Config
 from .._state_dir import STATE_DIR
-from ._config import OWN_FILE, PYPROJECT, Config
 
 #: Directories never worth watching, at any depth: VCS metadata, environments, caches,
 #: editor settings, and our own state directory (watching it would trigger ourselves).

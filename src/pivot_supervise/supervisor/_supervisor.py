@@ -33,12 +33,12 @@ import loky
 import structlog
 import trio
 
+from .._config import Config
 from ..pipeline._freshness import Decision
 from ..pipeline._model import StageOutcome, StageSpec
 from ..workers._messages import RunRequest
 from ._batching import plan_batches
 from ._bus import EventBus, Subscription
-from ._config import Config
 from ._core import (
     Action,
     CancelAttempts,

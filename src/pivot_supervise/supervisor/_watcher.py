@@ -20,9 +20,9 @@ from pathlib import Path
 import trio
 import watchfiles
 
+from .._config import Config
 from ..pipeline._model import FileSignature
 from ._classify import PathClassifier, PathKind
-from ._config import Config
 from ._core import FileChange, FilesChanged
 
 #: watchfiles' quiet period: a burst ends after this many ms without a new change.

@@ -16,11 +16,11 @@ from functools import partial
 
 import trio
 
+from ..._config import Config, ConfigError, pipeline_files
 from ...pipeline._model import StageOutcome, failed_before_running, not_started
 from ...workers._loader import LoadedPipeline, PipelineLoadError, load_pipeline
 from ...workers._messages import RunRequest
 from ...workers._runner import execute_stage
-from .._config import Config, ConfigError, pipeline_files
 from .._core import GenerationFailed, GenerationLoaded
 from ._base import StageResult
 

@@ -37,6 +37,7 @@ import structlog
 import trio
 from loky.process_executor import ShutdownExecutorError
 
+from ..._config import Config, ConfigError, pipeline_files
 from ...pipeline._model import StageOutcome, failed_before_running
 from ...workers._messages import (
     BatchRequest,
@@ -52,7 +53,6 @@ from ...workers._messages import (
 from ...workers._overlay import VALIDATED_FILE
 from ...workers._tasks import GATE_FILE, load_generation, run_stage, run_stages, warm_up
 from .._bridge import wait_future
-from .._config import Config, ConfigError, pipeline_files
 from .._core import GenerationFailed, GenerationLoaded
 from ._base import StageResult
 from ._park import Park
