@@ -204,14 +204,14 @@ _CHECKS: dict[str, Callable[[Path, str, object], object]] = {
 _ACCEPTED = frozenset({*_CHECKS, "max-workers", "debounce-ms"})
 
 
-def pipeline_files(config: Config) -> tuple[str, str]:
+def pipeline_files(project_root: Path) -> tuple[str, str]:
     """The pipeline and params files as the project's configuration says *now*.
 
-    Each new generation reads them again, so that saving a changed ``pipeline`` or
-    ``params`` setting during ``watch`` loads the files it names (a bad value is then a
-    failed reload, and the last good generation keeps serving).  The other settings
-    (watch and ignore globs, max_workers, debounce_ms) are read once, at start.
-    Raises :class:`ConfigError`.
+    Each new generation reads them again (in the worker that validates it), so that
+    saving a changed ``pipeline`` or ``params`` setting during ``watch`` loads the files
+    it names (a bad value is then a failed reload, and the last good generation keeps
+    serving).  The other settings (watch and ignore globs, max_workers, debounce_ms)
+    are read once, at start.  Raises :class:`ConfigError`.
     """
-    current = load_config(config.project_root)
+    current = load_config(project_root)
     return current.pipeline, current.params

@@ -40,8 +40,10 @@ class LoadRequest:
 
     generation: int
     project_root: str
-    pipeline_file: str
-    params_file: str
+    #: ``None``: the files the project's configuration names when the load starts
+    #: (read by the validating worker, off the supervisor's way to promotion).
+    pipeline_file: str | None
+    params_file: str | None
     #: The generation's private directory (validation claim, gate, validated source).
     generation_dir: str
     #: How many workers may load the validated source at once (0: all).

@@ -32,6 +32,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pivot_supervise._config import ConfigError, pipeline_files
 from pivot_supervise.pipeline._model import StageOutcome, failed_before_running, not_started
 
 from ._imports import project_module_files
@@ -326,19 +327,24 @@ def _load_slot(directory: Path, slots: int) -> Generator[None]:
 def _validate(request: LoadRequest, pid: int) -> _WorkerState:
     """Load from disk; on success, write the validated source for the other workers."""
     root = Path(request.project_root)
+    pipeline_file, params_file = request.pipeline_file, request.params_file
     try:
+        if pipeline_file is None or params_file is None:
+            pipeline_file, params_file = pipeline_files(root)
         os.chdir(root)
-        loaded = load_pipeline(root, request.pipeline_file, request.params_file)
+        loaded = load_pipeline(root, pipeline_file, params_file)
         validated = ValidatedPipeline(
             generation=request.generation,
             validator_pid=pid,
             project_root=str(loaded.project_root),
-            pipeline_file=request.pipeline_file,
-            params_file=request.params_file,
+            pipeline_file=pipeline_file,
+            params_file=params_file,
             overlay=capture_overlay(loaded.project_root, loaded.params_source, loaded.modules),
             snapshot=loaded.snapshot,
         )
         write_validated(Path(request.generation_dir), validated)
+    except ConfigError as exc:
+        return _WorkerState(request.generation, root, None, f"configuration: {exc}", None)
     except PipelineLoadError as exc:
         return _WorkerState(request.generation, root, None, exc.message, exc.traceback)
     except Exception as exc:  # a bug of ours or an unreadable root: still a reply

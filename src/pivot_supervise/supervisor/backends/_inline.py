@@ -39,18 +39,16 @@ class InlineBackend:
         await trio.sleep_forever()
 
     async def load(self, generation: int, workers: int) -> GenerationLoaded | GenerationFailed:
-        try:
-            pipeline_file, params_file = await trio.to_thread.run_sync(pipeline_files, self._config)
-        except ConfigError as exc:
-            return GenerationFailed(generation, f"configuration: {exc}")
-
         def load() -> LoadedPipeline:
+            pipeline_file, params_file = pipeline_files(self._root)
             # Stages run with the project root as working directory, as in a worker.
             os.chdir(self._root)
             return load_pipeline(self._root, pipeline_file, params_file)
 
         try:
             loaded = await trio.to_thread.run_sync(load)
+        except ConfigError as exc:
+            return GenerationFailed(generation, f"configuration: {exc}")
         except PipelineLoadError as exc:
             return GenerationFailed(generation, exc.message, exc.traceback)
         self._loaded[generation] = loaded

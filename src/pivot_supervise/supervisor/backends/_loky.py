@@ -37,7 +37,7 @@ import structlog
 import trio
 from loky.process_executor import ShutdownExecutorError
 
-from ..._config import Config, ConfigError, pipeline_files
+from ..._config import Config
 from ...pipeline._model import StageOutcome, failed_before_running
 from ...workers._messages import (
     BatchRequest,
@@ -218,17 +218,13 @@ class LokyBackend:
     async def _load(
         self, generation: int, workers: int, *, from_standby: bool = True
     ) -> GenerationLoaded | GenerationFailed:
-        try:
-            pipeline_file, params_file = await trio.to_thread.run_sync(pipeline_files, self._config)
-        except ConfigError as exc:
-            return GenerationFailed(generation, f"configuration: {exc}")
         directory = scratch_dir(f"g{generation}")
         running_dir(directory).mkdir()  # once per generation, not once per stage
         request = LoadRequest(
             generation=generation,
             project_root=str(self._root),
-            pipeline_file=pipeline_file,
-            params_file=params_file,
+            pipeline_file=None,  # as configured now: the validating worker reads it
+            params_file=None,
             generation_dir=str(directory),
             load_slots=_load_slots(),
         )
