@@ -1,11 +1,13 @@
 """``bench dispatch``: the supervisor's cost per stage, against plain loky.
 
-``stages`` trivial independent stages run through a real :class:`Supervisor`: the time
-from ``run_started`` to ``run_finished`` of a second, forced run on the warm generation
-(``first_run_ms``, the first run, also overlaps the other workers' background load of
-the pipeline).  The baseline is plain loky with as many workers (warmed up, the pipeline
-imported in each), mapping the very same stage functions:
-``list(executor.map(call, functions))``.  The ratio is what the supervisor adds: the
+``stages`` trivial independent stages run through a real :class:`Supervisor`: the
+median time from ``run_started`` to ``run_finished`` of ``repeat`` forced runs on the
+warm generation, after a first run (``first_run_ms``, which also overlaps the other
+workers' background load of the pipeline).  The baseline is plain loky with as many
+workers (warmed up, the pipeline imported in each), mapping the very same stage
+functions, ``list(executor.map(call, functions))``, the median of ``repeat`` times.
+Medians, because one run of a few tens of milliseconds moves by a third on a busy
+machine, either way.  The ratio is what the supervisor adds: the
 sans-IO core's bookkeeping, one event per start and finish, capturing each stage's
 output, the trips of quick stages.  Another supervised session adds the incremental
 machinery (an up-to-date check before each stage, its record and history line after),
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +40,7 @@ from ..workers._tasks import warm_up
 from ._common import Progress, machine, quiet, temporary_project, trivial_stages_source
 
 DEFAULT_STAGES = 500
+DEFAULT_REPEAT = 5
 WAIT_S = 300.0
 #: The pipeline module's name: unusual, so that importing it here clashes with nothing.
 MODULE = "pivot_supervise_bench_dispatch_stages"
@@ -48,7 +52,11 @@ def call(function: Callable[[], object]) -> object:
 
 
 def measure_dispatch(
-    stages: int = DEFAULT_STAGES, *, max_workers: int | None = None, progress: Progress = quiet
+    stages: int = DEFAULT_STAGES,
+    *,
+    repeat: int = DEFAULT_REPEAT,
+    max_workers: int | None = None,
+    progress: Progress = quiet,
 ) -> dict[str, Any]:
     """Run the dispatch benchmark; returns the JSON document of ``bench dispatch --json``."""
     files = {
@@ -57,17 +65,18 @@ def measure_dispatch(
     }
     with temporary_project(files, prefix="dispatch") as root:
         progress(f"dispatch: {stages} stages through the supervisor")
-        supervised = trio.run(_supervised, root, max_workers, False)
+        supervised = trio.run(_supervised, root, max_workers, False, repeat)
         progress(f"dispatch: {stages} stages through the supervisor, with up-to-date checks")
-        checked = trio.run(_supervised, root, max_workers, True)
+        checked = trio.run(_supervised, root, max_workers, True, repeat)
         workers = supervised["workers"]
         progress(f"dispatch: {stages} stages through plain loky on {workers} workers")
-        plain_ms = _plain(root, stages, workers)
+        plain_ms = _plain(root, stages, workers, repeat)
     ratio = supervised["ms"] / plain_ms if plain_ms > 0 else float("nan")
     return {
         "machine": machine(),
         "stages": stages,
         "workers": workers,
+        "repeats": repeat,
         "supervisor_ms": round(supervised["ms"], 2),
         "first_run_ms": round(supervised["first_run_ms"], 2),
         "loky_ms": round(plain_ms, 2),
@@ -79,14 +88,17 @@ def measure_dispatch(
     }
 
 
-async def _supervised(root: Path, max_workers: int | None, incremental: bool) -> dict[str, Any]:
-    """Two runs of every stage in one session; the second, on the warm generation, is
-    the one measured (``ms``), as the baseline is measured on warmed-up workers.
+async def _supervised(
+    root: Path, max_workers: int | None, incremental: bool, repeat: int
+) -> dict[str, Any]:
+    """``1 + repeat`` runs of every stage in one session; the median of the forced runs
+    on the warm generation is the one measured (``ms``), as the baseline is measured on
+    warmed-up workers.
 
     The first run (``first_run_ms``) also pays for the generation's other workers
     importing the pipeline in the background right after its promotion.  With
     ``incremental``, each stage is checked against the state store (emptied first) before
-    it starts and recorded after; the second run is forced, so every stage runs again.
+    it starts and recorded after; the other runs are forced, so every stage runs again.
     """
     shutil.rmtree(root / STATE_DIR, ignore_errors=True)
     options = RunOptions(parallel=True, max_workers=max_workers)
@@ -114,17 +126,18 @@ async def _supervised(root: Path, max_workers: int | None, incremental: bool) ->
                     runs.append((time.perf_counter() - started) * 1000)
                     found["ok"] = event.get("ok")
                     found["failed"] = event.get("failed")
-                    if len(runs) == 1:
+                    if len(runs) <= repeat:
                         supervisor.send(RunRequested(force=True, trigger="bench"))
                     else:
                         supervisor.stop()
-    if len(runs) != 2:
+    if len(runs) != 1 + repeat:
         raise RuntimeError("the supervisor stopped before its runs finished")
-    found["first_run_ms"], found["ms"] = runs
+    found["first_run_ms"] = runs[0]
+    found["ms"] = statistics.median(runs[1:])
     return found
 
 
-def _plain(root: Path, stages: int, workers: int) -> float:
+def _plain(root: Path, stages: int, workers: int, repeat: int) -> float:
     functions = _import_stages(root, stages)
     executor = loky.ProcessPoolExecutor(max_workers=workers, context=get_context("loky"))
     barrier = Path(tempfile.mkdtemp(prefix="pivot-supervise-bench-dispatch-"))
@@ -134,9 +147,12 @@ def _plain(root: Path, stages: int, workers: int) -> float:
         for future in [executor.submit(warm_up, request) for _ in range(workers)]:
             future.result(timeout=WAIT_S)
         list(executor.map(call, functions[:workers] * 2, timeout=WAIT_S))
-        started = time.perf_counter()
-        list(executor.map(call, functions, timeout=WAIT_S))
-        return (time.perf_counter() - started) * 1000
+        times: list[float] = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            list(executor.map(call, functions, timeout=WAIT_S))
+            times.append((time.perf_counter() - started) * 1000)
+        return statistics.median(times)
     finally:
         executor.shutdown(wait=False, kill_workers=True)
         shutil.rmtree(barrier, ignore_errors=True)

@@ -106,11 +106,12 @@ def register(commands: Commands) -> None:
     dispatch = kinds.add_parser(
         "dispatch",
         help="N trivial stages through the supervisor vs plain loky executor.map",
-        description="Run N trivial independent stages through the supervisor (twice in "
-        "one session: the second, forced run on the warm generation is the one measured; "
-        "the first is reported too), and the same functions with plain loky "
-        "executor.map on as many warmed-up workers; print both times and the ratio, and "
-        "the same with the up-to-date checks of incremental runs on.",
+        description="Run N trivial independent stages through the supervisor (1 + REPEAT "
+        "times in one session: the median of the forced runs on the warm generation is "
+        "the one measured; the first run is reported too), and the same functions with "
+        "plain loky executor.map on as many warmed-up workers (median of REPEAT); print "
+        "both times and the ratio, and the same with the up-to-date checks of "
+        "incremental runs on.",
     )
     dispatch.add_argument(
         "--stages",
@@ -118,6 +119,13 @@ def register(commands: Commands) -> None:
         default=dispatch_bench.DEFAULT_STAGES,
         metavar="N",
         help=f"number of stages (default: {dispatch_bench.DEFAULT_STAGES})",
+    )
+    dispatch.add_argument(
+        "--repeat",
+        type=bounded_int(1, 1000, "repeat"),
+        default=dispatch_bench.DEFAULT_REPEAT,
+        metavar="R",
+        help=f"measured runs each way (default: {dispatch_bench.DEFAULT_REPEAT})",
     )
     dispatch.add_argument("--json", action="store_true", help="print one JSON document")
     dispatch.set_defaults(handler=_dispatch)
@@ -179,7 +187,7 @@ def _edit(args: argparse.Namespace) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     configure_logging("warning", None)
-    result = measure_dispatch(args.stages, progress=stderr_progress)
+    result = measure_dispatch(args.stages, repeat=args.repeat, progress=stderr_progress)
     if args.json:
         _print_json(result)
     else:
