@@ -60,6 +60,7 @@ import gc
 import hashlib
 import importlib.util
 import json
+import operator
 import re
 import sys
 import types
@@ -825,14 +826,22 @@ class _Graph:
         ambiguous = sum(bit_of[pair] for pair in pairs if pair[0] in repeated)
         result: dict[str, StageFingerprint] = {}
         for stage, index in roots.items():
-            ranks = _ranks_in(reach[index], count)
-            if reach[index] & ambiguous:
+            bits = reach[index]
+            ranks = _ranks_in(bits, count)
+            if bits & ambiguous:
                 result[stage] = _named_apart([pairs[rank] for rank in ranks])
                 continue
-            functions = tuple([labels[rank] for rank in ranks])
-            parts = dict(zip(functions, [digests[rank] for rank in ranks], strict=True))
-            code = _blake_bytes(b"".join([lines[rank] for rank in ranks]))
-            result[stage] = StageFingerprint(code=code, functions=functions, parts=parts)
+            if len(ranks) == 1:  # itemgetter of one index returns the item, not a tuple
+                rank = ranks[0]
+                functions: tuple[str, ...] = (labels[rank],)
+                parts = {labels[rank]: digests[rank]}
+                code = _blake_bytes(lines[rank])
+            else:
+                pick = operator.itemgetter(*ranks)
+                functions = pick(labels)
+                parts = dict(zip(functions, pick(digests), strict=True))
+                code = _blake_bytes(b"".join(pick(lines)))
+            result[stage] = StageFingerprint(code, functions, parts)
         return result
 
     def _reachable(self, bits: list[int]) -> list[int]:
