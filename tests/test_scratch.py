@@ -7,7 +7,12 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
+import trio
+
+from conftest import serving_backend
 from pivot_supervise.supervisor.backends._scratch import scratch_dir, sweep_abandoned
 
 
@@ -45,3 +50,20 @@ def test_the_directories_of_dead_supervisors_are_swept_and_live_ones_kept() -> N
     finally:
         for path in (mine, orphan, unrelated):
             shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_a_load_cancelled_before_its_generation_exists_leaves_no_directory(
+    make_project: Callable[[Mapping[str, str]], Path],
+) -> None:
+    """A session that ends just as a reload starts: nothing will retire that load."""
+    project = make_project({"pipeline.py": "from pivot_supervise import stage\n"})
+    probe = scratch_dir("probe")
+    root = probe.parent
+    shutil.rmtree(probe)
+    mine = f"pivot-supervise-{os.getpid()}-g1-*"
+    async with serving_backend(project, standby=False) as backend:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await backend.load(1, 1)
+        assert scope.cancelled_caught, "the load was meant to be cancelled"
+        assert not list(root.glob(mine)), "the cancelled load left its scratch directory"

@@ -219,6 +219,21 @@ class LokyBackend:
         self, generation: int, workers: int, *, from_standby: bool = True
     ) -> GenerationLoaded | GenerationFailed:
         directory = scratch_dir(f"g{generation}")
+        # Held before any load task exists: only the validating task may proceed.
+        gate = _Gate(directory)
+        try:
+            return await self._load_into(directory, gate, generation, workers, from_standby)
+        finally:
+            gen = self._generations.get(generation)
+            if gen is None or gen.gate is not gate:
+                # Cancelled (the session ends) or failed before the generation was
+                # registered: no retire will come for its gate and directory.
+                gate.release()
+                shutil.rmtree(directory, ignore_errors=True)
+
+    async def _load_into(
+        self, directory: Path, gate: _Gate, generation: int, workers: int, from_standby: bool
+    ) -> GenerationLoaded | GenerationFailed:
         running_dir(directory).mkdir()  # once per generation, not once per stage
         request = LoadRequest(
             generation=generation,
@@ -231,8 +246,6 @@ class LokyBackend:
         started = time.perf_counter()
         keeper = self._standby if from_standby else None
         standby = await keeper.take(workers) if keeper is not None else None
-        # Held before any load task exists: only the validating task may proceed.
-        gate = _Gate(directory)
         futures: list[concurrent.futures.Future[LoadReply]] = []
         try:
             if standby is not None:

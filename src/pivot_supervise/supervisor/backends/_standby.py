@@ -227,8 +227,8 @@ class StandbyKeeper:
             with trio.move_on_after(PARK_TIMEOUT_S) as waited:
                 await parked.wait_parked()
         except BaseException:
+            parked.close()  # first: the await below raises at once when we are cancelled
             await self._shutdown(executor)
-            parked.close()
             raise
         if waited.cancelled_caught:
             await self._shutdown(executor)
