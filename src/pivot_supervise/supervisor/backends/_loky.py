@@ -263,6 +263,10 @@ class LokyBackend:
                 # Each standby worker waits in a park task: let exactly one go, to validate.
                 futures = standby.park.futures
                 standby.park.start(request)
+                if not standby.alive():  # a death loky has not noticed yet
+                    raise concurrent.futures.process.BrokenProcessPool(
+                        "a standby worker died after it parked"
+                    )
             else:
                 gen = await trio.to_thread.run_sync(self._spawn, workers, gate, request, futures)
                 self._all_pids.update(gen.pids)
@@ -270,8 +274,8 @@ class LokyBackend:
         except (concurrent.futures.process.BrokenProcessPool, ShutdownExecutorError) as exc:
             gate.release()
             if standby is not None:
-                # A standby worker died after it parked (its death may not have been
-                # noticed when the standby was taken): not the pipeline's fault.
+                # A standby worker died after it parked (loky may not have noticed it
+                # when the standby was taken): not the pipeline's fault.
                 log.info("a standby worker died; starting cold", error=_first_line(exc))
                 await self.retire(generation)
                 return await self._load(generation, workers, from_standby=False)
