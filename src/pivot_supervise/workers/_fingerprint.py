@@ -196,8 +196,8 @@ def prepare_fingerprints(state_dir: Path) -> None:
     """Do the first fingerprinting's one-time work now, in a worker still waiting for
     its generation: version the cache (this module's file is read for that) and read
     the cache file of ``state_dir`` ahead, for the next :func:`open_code_cache`."""
-    signature = _file_signature(cache_file(state_dir))  # before reading it: a write
-    # meanwhile then reads it again at the load
+    # The signature is taken before the read: a write in between makes the load read again.
+    signature = _file_signature(cache_file(state_dir))
     _read_ahead[state_dir] = (signature, CodeAnalysisCache.open(state_dir, _analysis_version()))
 
 
