@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import supervising
 from pivot_supervise._state_dir import STATE_DIR
-from pivot_supervise.workers._bytecode import cached_code, store_code
+from pivot_supervise.workers._bytecode import MAX_ENTRIES, cached_code, store_code, trim
 from pivot_supervise.workers._imports import purge_project_modules
 from pivot_supervise.workers._loader import load_pipeline
 
@@ -128,14 +129,29 @@ def test_the_oldest_entries_go_once_there_are_too_many(tmp_path: Path) -> None:
     code = compile("x = 1", "x.py", "exec")
     sha = "0" * 64
     written: list[Path] = []
-    for index in range(8):
-        store_code(tmp_path, f"m{index}.py", sha, code, max_entries=8)
+    for index in range(9):
+        store_code(tmp_path, f"m{index}.py", sha, code)
         (new,) = set(entries(tmp_path)) - set(written)
         os.utime(new, ns=(index * 10**9, index * 10**9))  # distinct ages, oldest first
         written.append(new)
-    store_code(tmp_path, "m8.py", sha, code, max_entries=8)
+    assert trim(tmp_path, max_entries=9) == 0, "not more than the bound: nothing goes"
+    assert trim(tmp_path, max_entries=8) == 5
     kept = [cached_code(tmp_path, f"m{index}.py", sha) is not None for index in range(9)]
     assert kept == [False] * 5 + [True] * 4, "the oldest five of nine go; four stay"
+
+
+async def test_a_session_trims_an_overfull_cache_once_at_its_start(tmp_path: Path) -> None:
+    root = project(tmp_path / "p")
+    directory = root / STATE_DIR / "bytecode"
+    directory.mkdir(parents=True)
+    for index in range(MAX_ENTRIES + 1):  # older than anything the session stores
+        (directory / f"old-{index}.bin").touch()
+        os.utime(directory / f"old-{index}.bin", ns=(index, index))
+    async with supervising(root, watch=False, max_workers=1) as session:
+        assert await session.wait_exit() == 0
+    old = list(directory.glob("old-*.bin"))
+    assert len(old) <= MAX_ENTRIES // 2, f"{len(old)} old entries kept"
+    assert cached_code(*key(root, "helpers.py")) is not None, "what the run compiled stays"
 
 
 LOAD_IN_CHILD = """

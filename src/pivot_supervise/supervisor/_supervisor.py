@@ -36,6 +36,7 @@ import trio
 from .._config import Config
 from ..pipeline._freshness import Decision
 from ..pipeline._model import StageOutcome, StageSpec
+from ..workers._bytecode import trim
 from ..workers._messages import RunRequest
 from ._batching import plan_batches
 from ._bus import EventBus, Subscription
@@ -186,6 +187,7 @@ class Supervisor:
             if self._handle_signals:
                 await outer.start(self._signals, signals)
             await self._open_incremental(outer)
+            outer.start_soon(self._trim_compiled_code)
             try:
                 await self._session()
             finally:
@@ -199,6 +201,13 @@ class Supervisor:
                 signals.cancel()
         assert self.exit_code is not None
         return self.exit_code
+
+    async def _trim_compiled_code(self) -> None:
+        """Keep the project's cache of compiled code bounded: once a session, off the trio
+        thread, rather than at each store in a worker on its way to a promotion."""
+        removed = await trio.to_thread.run_sync(trim, self.config.project_root)
+        if removed:
+            log.debug("dropped the oldest compiled code", entries=removed)
 
     async def _open_incremental(self, nursery: trio.Nursery) -> None:
         """Open the state store, and keep the run history from the events."""
