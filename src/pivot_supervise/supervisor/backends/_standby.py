@@ -132,7 +132,7 @@ class StandbyKeeper:
             return ready
         why = "size no longer fits" if ready.size != size else "a worker died"
         log.debug("standby discarded", reason=why, size=ready.size, wanted=size)
-        await self._discard(ready)
+        await self._discard(ready.executor, ready.park)
         return None
 
     async def wait_ready(self) -> Standby:
@@ -166,7 +166,7 @@ class StandbyKeeper:
                 continue
             if ready is not None:
                 self._ready = None
-                await self._discard(ready)
+                await self._discard(ready.executor, ready.park)
             self._filling, self._failed = True, None
             try:
                 await trio.sleep(REFILL_DELAY_S)
@@ -234,12 +234,10 @@ class StandbyKeeper:
             with trio.move_on_after(PARK_TIMEOUT_S) as waited:
                 await parked.wait_parked()
         except BaseException:
-            parked.close()  # first: the await below raises at once when we are cancelled
-            await self._shutdown(executor)
+            await self._discard(executor, parked)
             raise
         if waited.cancelled_caught:
-            await self._shutdown(executor)
-            parked.close()
+            await self._discard(executor, parked)
             return self._give_up(f"its workers did not all park within {PARK_TIMEOUT_S:.0f} s")
         fill_ms = (time.perf_counter() - started) * 1000
         log.debug("standby ready", workers=pids, ms=round(fill_ms, 1))
@@ -250,9 +248,15 @@ class StandbyKeeper:
         self._failed = f"standby discarded: {why}"
         log.warning("standby discarded; the next reload starts its workers cold", reason=why)
 
-    async def _discard(self, standby: Standby) -> None:
-        await self._shutdown(standby.executor)
-        standby.park.close()
+    async def _discard(self, executor: loky.ProcessPoolExecutor, park: Park) -> None:
+        """Shut a standby's executor down and remove its park.
+
+        The park first: the awaited shutdown raises at once when we are cancelled (a
+        session ending), and the park's directory must not outlive us.  Workers let go
+        without a load request answer with an error and are killed with the pool.
+        """
+        park.close()
+        await self._shutdown(executor)
 
     async def _shutdown(self, executor: loky.ProcessPoolExecutor) -> None:
         self._owned.discard(executor)
