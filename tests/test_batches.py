@@ -130,6 +130,19 @@ async def test_after_a_failure_the_runs_stages_queued_elsewhere_do_not_start_eit
     assert [name for name, _ in trail(project)] == ["bad", "last"]
 
 
+async def test_a_single_stage_run_on_its_own_stops_nothing_after_it(
+    make_project: ProjectFactory,
+) -> None:
+    project = make_project(PIPELINE)
+    async with loaded_backend(project) as (backend, _):
+        with trio.fail_after(TIMEOUT_S):
+            failed = await backend.run(RunRequest(1, "bad"))
+            after = await backend.run(RunRequest(1, "last"))
+    assert failed.outcome.status == "failed"
+    assert after.outcome.status == "ok", after.outcome.reason
+    assert [name for name, _ in trail(project)] == ["bad", "last"]
+
+
 async def test_with_keep_going_a_trip_runs_on_after_a_failure(make_project: ProjectFactory) -> None:
     project = make_project(PIPELINE)
     results, _ = await trip(project, "bad", "last", stop=False)

@@ -455,7 +455,8 @@ class LokyBackend:
     # -------------------------------------------------------------------- stages
 
     async def run(self, request: RunRequest) -> StageResult:
-        return (await self.run_batch((request,), stop_on_failure=True))[0]
+        # One stage alone belongs to no run that stops: its failure stops nothing else.
+        return (await self.run_batch((request,), stop_on_failure=False))[0]
 
     async def run_batch(
         self, requests: Sequence[RunRequest], *, stop_on_failure: bool
