@@ -7,11 +7,11 @@ workers' background load of the pipeline).  The baseline is plain loky with as m
 workers (warmed up, the pipeline imported in each), mapping the very same stage
 functions, ``list(executor.map(call, functions))``, the median of ``repeat`` times.
 Medians, because one run of a few tens of milliseconds moves by a third on a busy
-machine, either way.  The ratio is what the supervisor adds: the
-sans-IO core's bookkeeping, one event per start and finish, capturing each stage's
-output, the trips of quick stages.  Another supervised session adds the incremental
-machinery (an up-to-date check before each stage, its record and history line after),
-reported as ``incremental_ms``.
+machine, either way.  The ratio is what the supervisor adds: the sans-IO core's
+bookkeeping, one event per start and finish, capturing each stage's output, the trips
+of quick stages.  Another supervised session adds the incremental machinery (an
+up-to-date check before each stage, its record and history line after), reported as
+``incremental_ms``.
 """
 
 from __future__ import annotations

@@ -102,9 +102,9 @@ class StageOutcome:
     stage up to date and did not run it, or :data:`NOT_STARTED` when its worker did not
     start it because an earlier stage of the same batch failed and the run stops at a
     failure (the supervisor reports it skipped); cancellation is decided by the
-    supervisor, never by the worker.  ``out_signatures`` holds the stat signature of every output
-    file (files under a directory output included) taken right after the stage
-    returned, so that the supervisor can tell its own writes from a user's edit.
+    supervisor, never by the worker.  ``out_signatures`` holds the stat signature of
+    every output file (files under a directory output included) taken right after the
+    stage returned, so that the supervisor can tell its own writes from a user's edit.
     """
 
     stage: str
