@@ -46,6 +46,23 @@ Predicate = Callable[[Event], bool]
 # ------------------------------------------------------------------ projects
 
 
+def python_json(
+    code: str, *args: str, options: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> Any:
+    """Run ``code`` in a fresh interpreter (``python [options] -c code args``, writing no
+    bytecode, ``env`` added to ours) and return what it printed, read as JSON."""
+    done = subprocess.run(
+        [sys.executable, *options, "-c", code, *args],
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def write_files(root: Path, files: Mapping[str, str]) -> None:
     """Write ``files`` (relative path -> text, dedented) under ``root``."""
     for rel, text in files.items():

@@ -7,16 +7,14 @@ cache at all.  Hits and misses are read from the cache's counters, never from ti
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from conftest import python_json
 from pivot_supervise.workers._codecache import CodeAnalysisCache
 from pivot_supervise.workers._fingerprint import (
     fingerprint_stages,
@@ -306,16 +304,7 @@ print(json.dumps({
 
 
 def fingerprint_in_child(root: Path, state: Path, *options: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, *options, "-c", CHILD, str(root), str(state)],
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return python_json(CHILD, str(root), str(state), options=options)
 
 
 def test_without_debug_ranges_two_lambdas_on_one_line_are_still_told_apart(

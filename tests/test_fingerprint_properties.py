@@ -8,10 +8,6 @@ and a pipeline whose stages reach some helpers through ``helpers.name``.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +15,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import python_json
 from pivot_supervise.workers._fingerprint import fingerprint_stages, open_code_cache
 from pivot_supervise.workers._loader import load_pipeline
 
@@ -187,17 +184,7 @@ print(json.dumps(result))
 
 
 def fingerprint_in_subprocess(roots: list[Path], seed: int) -> dict:
-    env = {**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, *map(str, roots)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return python_json(CHILD, *map(str, roots), env={"PYTHONHASHSEED": str(seed)})
 
 
 @settings(max_examples=1, deadline=None, suppress_health_check=[HealthCheck.too_slow])
