@@ -53,9 +53,15 @@ def write(root: Path, files: Mapping[str, str]) -> None:
 
 
 def fingerprints(root: Path, cache: CodeAnalysisCache | None = None) -> dict[str, str]:
-    """Load the project as it is on disk; fingerprint it with ``cache`` (and save it)."""
+    """Load the project as it is on disk; fingerprint it with ``cache`` (and save it).
+
+    Always a full walk, which looks every analysis up: the replay of the last walk,
+    which the file keeps too, has tests of its own (``test_fingerprint_replay.py``).
+    """
     loaded = load_pipeline(root, "pipeline.py", "params.toml", fingerprints=False)
-    prints = fingerprint_stages(loaded.functions, root, modules=loaded.modules, cache=cache)
+    prints = fingerprint_stages(
+        loaded.functions, root, modules=loaded.modules, cache=cache, replay=False
+    )
     if cache is not None:
         cache.save()
     return {name: fp.code for name, fp in prints.items()}

@@ -158,27 +158,35 @@ def test_a_helper_edit_changes_exactly_the_stages_that_reach_it(
 
 #: Runs in a fresh interpreter: fingerprint each project directory given on the command
 #: line and print the codes, plus the iteration order of a set (to prove seeds differ).
-#: Three ways: by the loader (its code analysis cache, in the project's state directory,
-#: was written by this test's own process), with no cache, and with a cache shared by the
-#: children only (the first child writes it, the others read it).
+#: Four ways: by the loader (its cache, in the project's state directory, was written by
+#: this test's own process, so the loader replays that process's walk), with no cache,
+#: and with a cache shared by the children only (the first child writes it, the others
+#: replay its walk), walked afresh and replayed.
 CHILD = """
 import json, sys
 from pathlib import Path
-from pivot_supervise.workers._fingerprint import fingerprint_stages, open_code_cache
+from pivot_supervise.workers._fingerprint import (
+    ReplayStats, fingerprint_stages, open_code_cache)
 from pivot_supervise.workers._loader import load_pipeline
 result = {"set_order": list({"zeta", "eta", "theta", "iota", "kappa", "lambda"}),
-          "codes": [], "by_loader": [], "cached": [], "hits": 0, "misses": 0}
+          "codes": [], "by_loader": [], "cached": [], "replayed": [], "walked": [],
+          "hits": 0, "misses": 0}
 for root in map(Path, sys.argv[1:]):
     loaded = load_pipeline(root, "pipeline.py", "params.toml")
     result["by_loader"].append({s.name: s.code_fingerprint for s in loaded.snapshot.stages})
     fps = fingerprint_stages(loaded.functions, root)
     result["codes"].append({name: fp.code for name, fp in fps.items()})
     cache = open_code_cache(root / "children-cache")
-    fps = fingerprint_stages(loaded.functions, root, cache=cache)
-    cache.save()
-    result["cached"].append({name: fp.code for name, fp in fps.items()})
+    fps = fingerprint_stages(loaded.functions, root, cache=cache, replay=False)
+    result["walked"].append({name: fp.code for name, fp in fps.items()})
     result["hits"] += cache.hits
     result["misses"] += cache.misses
+    stats = ReplayStats()
+    again = open_code_cache(root / "children-cache")  # as saved by the previous child
+    fps = fingerprint_stages(loaded.functions, root, cache=again, stats=stats)
+    result["cached"].append({name: fp.code for name, fp in fps.items()})
+    result["replayed"].append(stats.replayed)
+    cache.save()
 print(json.dumps(result))
 """
 
@@ -204,7 +212,10 @@ def test_fingerprints_agree_across_processes_with_different_hash_seeds(
     # The seeds really do reorder sets; otherwise this test would prove nothing.
     assert len({tuple(run["set_order"]) for run in runs}) > 1
     for run in runs:
-        assert run["codes"] == run["cached"] == run["by_loader"] == in_process
-    # The first child analysed every function, the others were served every analysis.
+        assert run["codes"] == run["walked"] == run["cached"] == run["by_loader"] == in_process
+    # The first child analysed every function and walked every graph; the others were
+    # served every analysis and replayed its walks.
     assert runs[0]["misses"] > 0
     assert [(run["hits"], run["misses"]) for run in runs[1:]] == [(runs[0]["misses"], 0)] * 2
+    assert runs[0]["replayed"] == [False] * len(roots)
+    assert [run["replayed"] for run in runs[1:]] == [[True] * len(roots)] * 2

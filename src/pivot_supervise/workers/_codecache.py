@@ -39,6 +39,12 @@ The file
     The digest guards against damage, not against someone who can write to the project
     (they can edit the code itself).
 
+The last graph
+    The file also keeps, opaque to this module, what the last fingerprinting found (see
+    :mod:`._replay`): :attr:`CodeAnalysisCache.graph` as read, :meth:`set_graph` to
+    replace it.  A load that replays that graph looks up no analysis of the code it
+    finds unchanged; :meth:`keep` carries those files' analyses over to the next file.
+
 Not thread-safe: one load uses one cache object.
 """
 
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import marshal
 import sys
 import types
@@ -60,7 +67,7 @@ __all__ = ["Analysis", "CacheKey", "CodeAnalysisCache"]
 
 #: Bumped when the file's layout or the numbering of positions changes (what an entry
 #: means is the caller's ``version``).
-_LAYOUT = 1
+_LAYOUT = 2
 _MAGIC = b"pivot-supervise code analyses\n"
 #: A code object's name across processes: (sha256 of its file's source, position).
 CacheKey = tuple[str, int]
@@ -70,6 +77,8 @@ Analysis = tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]
 Version = tuple[int | str, ...]
 _Header = tuple[int | str | Version, ...]
 _Entries = dict[str, dict[int, Analysis]]
+#: What a file holds besides its header: the entries, and the last graph (or ``None``).
+_Content = tuple[_Entries, object]
 
 
 class CodeAnalysisCache:
@@ -81,11 +90,16 @@ class CodeAnalysisCache:
     added) and ``unnamed`` (code objects that cannot be cached, see the module doc).
     """
 
-    def __init__(self, path: Path, header: _Header, stored: _Entries | None = None) -> None:
+    def __init__(
+        self, path: Path, header: _Header, stored: _Entries | None = None, graph: object = None
+    ) -> None:
         self.path = path
         self._header = header
         self._stored: _Entries = stored or {}
         self._used: _Entries = {}
+        #: The last graph, as read from the file (plain data; ``None``: none kept).
+        self.graph = graph
+        self._graph_changed = False
         self._compilations: dict[str, _Compilation | None] = {}
         self.hits = 0
         self.misses = 0
@@ -115,7 +129,8 @@ class CodeAnalysisCache:
             data = path.read_bytes()
         except OSError:
             return cls(path, header)
-        return cls(path, header, _parse(data, header))
+        entries, graph = _parse(data, header)
+        return cls(path, header, entries, graph)
 
     # ------------------------------------------------------------------ lookups
 
@@ -125,14 +140,7 @@ class CodeAnalysisCache:
         The name is ``None`` for code that cannot have one (see the module doc), the
         analysis ``None`` if no earlier load stored one under that name.
         """
-        filename = code.co_filename
-        try:
-            compilation = self._compilations[filename]
-        except KeyError:
-            found = last_compilation(filename)
-            compilation = self._compilations[filename] = (
-                _Compilation(*found) if found is not None else None
-            )
+        compilation = self._compilation(code.co_filename)
         position = None
         if compilation is not None:
             position = compilation.positions.get(id(code))
@@ -159,13 +167,49 @@ class CodeAnalysisCache:
         self.misses += 1
         self._used.setdefault(digest, {})[position] = entry
 
+    def positions(self, filename: str, codes: list[types.CodeType]) -> tuple[str, list[int | None]]:
+        """The digest of ``filename``'s last compilation and the position of each of
+        ``codes`` in it (``None``: not part of it), as :meth:`lookup` names them.
+
+        ``("", [None, ...])`` if our loader never compiled ``filename``.
+        """
+        compilation = self._compilation(filename)
+        if compilation is None:
+            return "", [None] * len(codes)
+        return compilation.digest, compilation.positions_of(codes)
+
+    def keep(self, digest: str) -> None:
+        """Carry the stored analyses of the source ``digest`` over to the next file,
+        as if each had been looked up (a replayed graph needs them again only once
+        their code changes)."""
+        stored = self._stored.get(digest)
+        if stored:
+            self._used.setdefault(digest, {}).update(stored)
+
+    def set_graph(self, graph: object) -> None:
+        """Replace the last graph (plain data ``marshal`` can write); saved by :meth:`save`."""
+        self.graph = graph
+        self._graph_changed = True
+
+    def _compilation(self, filename: str) -> _Compilation | None:
+        try:
+            return self._compilations[filename]
+        except KeyError:
+            found = last_compilation(filename)
+            compilation = self._compilations[filename] = (
+                _Compilation(*found) if found is not None else None
+            )
+            return compilation
+
     # ------------------------------------------------------------------ the file
 
     def save(self) -> None:
-        """Write the entries this load used, if it analysed anything new; never raises."""
-        if not self.misses:
+        """Write the entries this load used and the last graph, if it analysed anything
+        new or the graph changed; never raises."""
+        if not self.misses and not self._graph_changed:
             return
-        data = seal(_MAGIC, marshal.dumps((self._header, self._used)))
+        content = cast("tuple[object, ...]", (self._header, self._used, self.graph))
+        data = seal(_MAGIC, marshal.dumps(content))  # pyright: ignore[reportArgumentType]
         try:
             if not self.path.parent.is_dir():
                 make_state_dir(self.path.parent)
@@ -192,26 +236,29 @@ def _own_digest() -> str:
         return ""
 
 
-def _parse(data: bytes, header: _Header) -> _Entries:
-    """The entries of a cache file's bytes, or nothing if they are not a healthy file of ours."""
+def _parse(data: bytes, header: _Header) -> _Content:
+    """The entries and graph of a cache file's bytes; nothing if they are not a healthy
+    file of ours."""
+    nothing: _Content = ({}, None)
     payload = unseal(_MAGIC, data)
     if not payload:
-        return {}
+        return nothing
     try:
         content: object = marshal.loads(payload)
     except (EOFError, ValueError, TypeError):
-        return {}
-    if type(content) is not tuple or len(cast("tuple[object, ...]", content)) != 2:
-        return {}
-    found_header, entries = cast("tuple[object, object]", content)
+        return nothing
+    if type(content) is not tuple or len(cast("tuple[object, ...]", content)) != 3:
+        return nothing
+    found_header, entries, graph = cast("tuple[object, object, object]", content)
     if found_header != header or type(entries) is not dict:
-        return {}
+        return nothing
     # The digest makes a damaged file unreadable, and the header an outdated one: what
-    # is left to check is the outline (an entry's shape is checked in ``lookup``).
+    # is left to check is the outline (an entry's shape is checked in ``lookup``, the
+    # graph's by its reader).
     entries = cast("dict[object, object]", entries)
     if not all(type(v) is dict for v in entries.values()):
-        return {}
-    return cast("_Entries", entries)
+        return nothing
+    return cast("_Entries", entries), graph
 
 
 class _Compilation:
@@ -235,18 +282,30 @@ class _Compilation:
 
     def position(self, code: types.CodeType) -> int | None:
         """Where ``code`` sits in this compilation, or ``None`` if it is not part of it."""
-        positions = self.positions
-        position = positions.get(id(code))
+        position = self.positions.get(id(code))
         while position is None and self._level:
-            level = [
-                const
-                for parent in self._level
-                for const in parent.co_consts
-                if type(const) is types.CodeType
-            ]
-            for offset, const in enumerate(level, self._count):
-                positions.setdefault(id(const), offset)
-            self._count += len(level)
-            self._level = level
-            position = positions.get(id(code))
+            self._number_next_level()
+            position = self.positions.get(id(code))
         return position
+
+    def positions_of(self, codes: list[types.CodeType]) -> list[int | None]:
+        """:meth:`position` of each of ``codes``, a level of the tree at a time."""
+        found = list(map(self.positions.get, map(id, codes)))
+        while None in found and self._level:
+            self._number_next_level()
+            found = list(map(self.positions.get, map(id, codes)))
+        return found
+
+    def _number_next_level(self) -> None:
+        level = [
+            const
+            for parent in self._level
+            for const in parent.co_consts
+            if type(const) is types.CodeType
+        ]
+        # What was numbered before keeps its number.
+        positions = dict(zip(map(id, level), itertools.count(self._count)))
+        positions.update(self.positions)
+        self.positions = positions
+        self._count += len(level)
+        self._level = level

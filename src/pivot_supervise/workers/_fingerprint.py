@@ -59,11 +59,13 @@ import functools
 import gc
 import hashlib
 import importlib.util
+import itertools
 import json
 import operator
 import re
 import sys
 import types
+import weakref
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -73,10 +75,24 @@ from typing import Any, cast
 from pivot_supervise import __version__
 from pivot_supervise.pipeline._freshness import diff_parts
 
-from ._codecache import Analysis, CodeAnalysisCache, cache_file
+from ._codecache import Analysis, CacheKey, CodeAnalysisCache, cache_file
 from ._imports import is_project_file, project_module_files
+from ._replay import (
+    ABSENT,
+    Check,
+    Locator,
+    Recording,
+    Replay,
+    ReplayStats,
+    StageRecord,
+    Token,
+    is_kind,
+    library_text,
+    qualified_name,
+)
 
 __all__ = [
+    "ReplayStats",
     "StageFingerprint",
     "diff_parts",
     "fingerprint_stages",
@@ -141,25 +157,119 @@ def fingerprint_stages(
     *,
     modules: Mapping[str, Path] | None = None,
     cache: CodeAnalysisCache | None = None,
+    replay: bool = True,
+    stats: ReplayStats | None = None,
 ) -> dict[str, StageFingerprint]:
     """Fingerprint every stage function of a loaded pipeline.
 
     ``functions`` maps stage names to the functions the loader found; ``project_root``
     decides what is project code (modules whose file is under it, outside any virtualenv
     in it).  ``modules`` are those project modules, if the caller already scanned for
-    them.  ``cache`` (from :func:`open_code_cache`) serves and collects code analyses;
-    the result is the same with or without it, and saving it is the caller's business.
-    Call it right after the load, in the process that imported the pipeline.
+    them.  ``cache`` (from :func:`open_code_cache`) serves and collects code analyses
+    and keeps the graph of the last walk, which is checked rather than walked again
+    (see :mod:`._replay`) unless ``replay`` is false.  The result is the same with or
+    without either; saving the cache is the caller's business.  ``stats``, if given,
+    says what was replayed.  Call it right after the load, in the process that
+    imported the pipeline.
     """
+    stats = stats if stats is not None else ReplayStats()
     with _no_collections():
-        graph = _Graph(project_root, modules, cache)
-        roots = {name: graph.root(name, func) for name, func in functions.items()}
-        graph.build()
-        result = graph.stage_fingerprints(roots)
-        # Freed while collections are still off: the allocations counted meanwhile make
-        # the first one after them look at every object still young, graph included.
-        del graph, roots
+        if modules is None:  # resolving the root costs system calls: only when needed
+            modules = project_module_files(project_root.resolve())
+        prepared = _replay_of(cache) if cache is not None and replay else None
+        result = None
+        if prepared is not None and cache is not None:
+            result = _replayed(prepared, functions, modules, cache, stats)
+        if result is None:
+            graph = _Graph(modules, cache)
+            roots = {name: graph.root(name, func) for name, func in functions.items()}
+            graph.build()
+            reached: dict[str, tuple[int, ...]] = {}
+            result = graph.stage_fingerprints(roots, reached)
+            if cache is not None:
+                recording = graph.recording(roots, result, reached)
+                cache.set_graph(recording.to_data())
+            stats.replayed, stats.kept = False, 0
+            stats.walked, stats.stages = len(graph.nodes), len(result)
+            # Freed while collections are still off: the allocations counted meanwhile
+            # make the first one after them look at every object still young, graph
+            # included.
+            del graph, roots
+        del prepared
     return result
+
+
+def _replay_of(cache: CodeAnalysisCache) -> Replay | None:
+    """The cache's last graph, prepared for checking (once per cache object)."""
+    replay = _replays.get(cache, ABSENT)
+    if replay is ABSENT:
+        recording = Recording.from_data(cache.graph)
+        replay = _replays[cache] = Replay(recording) if recording is not None else None
+    return replay
+
+
+#: Prepared graphs by cache: a standby worker prepares the one it read ahead.
+_replays: weakref.WeakKeyDictionary[CodeAnalysisCache, Replay | None] = weakref.WeakKeyDictionary()
+
+
+def _replayed(
+    replay: Replay,
+    functions: Mapping[str, Callable[..., Any]],
+    modules: Mapping[str, Path],
+    cache: CodeAnalysisCache,
+    stats: ReplayStats,
+) -> dict[str, StageFingerprint] | None:
+    """The fingerprints from checking the last walk (see :mod:`._replay`); ``None`` when
+    the graph's shape changed and it must be walked afresh."""
+    recording = replay.recording
+    if (
+        not replay.complete
+        or recording.stages.keys() != functions.keys()
+        or recording.modules != tuple(sorted(modules))
+    ):
+        return None
+    objects = replay.locate(functions)
+    if any(obj is ABSENT for obj in objects):
+        return None
+    scratch = _Graph(modules)
+    same, failed = replay.unchanged(objects, cache.positions, scratch.plain_text, modules)
+    rebuilt = [index for index, kept in enumerate(same) if not kept]
+    graph = _Graph(modules, cache)
+    if not graph.seed(replay, objects, rebuilt):
+        return None
+    for stage, func in functions.items():
+        if graph.root(stage, func) != recording.stages[stage][0]:
+            return None
+    graph.build()
+    if len(graph.nodes) != len(recording.labels):
+        return None
+    nodes = graph.nodes
+    changed: list[int] = []
+    for index in rebuilt:
+        node = nodes[index]
+        if node.label != recording.labels[index] or tuple(node.edges) != recording.edges[index]:
+            return None
+        if node.digest != recording.digests[index]:
+            changed.append(index)
+    for digest in replay.sources(same):
+        cache.keep(digest)
+    stages = dict(recording.stages)
+    affected = replay.affected(changed)
+    stats.replayed, stats.kept = True, len(nodes) - len(rebuilt)
+    stats.walked, stats.stages = len(rebuilt), len(affected)
+    for stage in affected:
+        root, _, _, _, reach = stages[stage]
+        pairs = sorted({(nodes[i].label, nodes[i].digest) for i in reach})
+        fingerprint = _named_apart(pairs)
+        parts = dict(fingerprint.parts)
+        stages[stage] = (root, fingerprint.code, fingerprint.functions, parts, reach)
+    updated = graph.update(recording, rebuilt, failed, changed, stages)
+    if updated is not None:
+        cache.set_graph(updated.to_data())
+    return {
+        stage: StageFingerprint(code, functions_, parts)
+        for stage, (_, code, functions_, parts, _) in stages.items()
+    }
 
 
 @contextlib.contextmanager
@@ -194,11 +304,14 @@ def open_code_cache(state_dir: Path) -> CodeAnalysisCache:
 
 def prepare_fingerprints(state_dir: Path) -> None:
     """Do the first fingerprinting's one-time work now, in a worker still waiting for
-    its generation: version the cache (this module's file is read for that) and read
-    the cache file of ``state_dir`` ahead, for the next :func:`open_code_cache`."""
+    its generation: version the cache (this module's file is read for that), read the
+    cache file of ``state_dir`` ahead, for the next :func:`open_code_cache`, and prepare
+    the graph it keeps for a replay."""
     # The signature is taken before the read: a write in between makes the load read again.
     signature = _file_signature(cache_file(state_dir))
-    _read_ahead[state_dir] = (signature, CodeAnalysisCache.open(state_dir, _analysis_version()))
+    cache = CodeAnalysisCache.open(state_dir, _analysis_version())
+    _replay_of(cache)
+    _read_ahead[state_dir] = (signature, cache)
 
 
 #: Caches read ahead by :func:`prepare_fingerprints`, by state directory: the file's
@@ -269,12 +382,48 @@ class _Node:
 
     __slots__ = ("digest", "edges", "kind", "label", "obj")
 
-    def __init__(self, label: str, kind: str, obj: object) -> None:
+    def __init__(self, label: str, kind: str, obj: object, digest: str = "") -> None:
         self.label = label
         self.kind = kind
         self.obj = obj
-        self.digest = ""
+        self.digest = digest
         self.edges: list[int] = []
+
+
+class _Namespace:
+    """A module's globals as a walk looks names up in them (see ``_Graph._bindings``)."""
+
+    __slots__ = ("attributes", "bound", "findable", "name", "namespace", "unbound", "users")
+
+    def __init__(self, namespace: Mapping[str, Any]) -> None:
+        self.namespace = namespace
+        name = namespace.get("__name__")
+        self.name: str = name if isinstance(name, str) else "?"
+        module = sys.modules.get(self.name)
+        #: Whether these are the globals of the module of that name, where a replay
+        #: looks the names up again.
+        self.findable = isinstance(module, types.ModuleType) and vars(module) is namespace
+        self.bound: dict[str, _Bound] = {}
+        self.attributes: dict[str, _Bound] = {}
+        self.unbound: set[str] = set()
+        #: The nodes that looked names up here.
+        self.users: set[int] = set()
+
+
+def _function_label(func: types.FunctionType) -> str:
+    module = func.__globals__.get("__name__")
+    module = module if isinstance(module, str) else "?"
+    qualname = func.__code__.co_qualname
+    label = f"{module}:{qualname}"
+    if func.__qualname__ != qualname or func.__module__ != module:
+        # A ``functools.wraps`` wrapper claims the wrapped function's names; keep its
+        # own code name and show whom it wraps.
+        label = f"{label}[{func.__module__}:{func.__qualname__}]"
+    return label
+
+
+def _class_label(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 #: The analysis of a code object, as plain data (what the cache keeps): its digest, and
@@ -290,27 +439,26 @@ _Bound = tuple[object, str, tuple[int, ...], types.ModuleType | None]
 class _Graph:
     """Project objects as nodes; an edge means "references"."""
 
-    def __init__(
-        self,
-        project_root: Path,
-        modules: Mapping[str, Path] | None = None,
-        cache: CodeAnalysisCache | None = None,
-    ) -> None:
-        if modules is None:  # resolving the root costs system calls: only when needed
-            modules = project_module_files(project_root.resolve())
+    def __init__(self, modules: Mapping[str, Path], cache: CodeAnalysisCache | None = None) -> None:
         self._modules = modules
         self._cache = cache
         self.nodes: list[_Node] = []
         self._by_id: dict[int, int] = {}
         self._consts: dict[tuple[str, str], int] = {}
         self._codes: dict[int, _CodeInfo] = {}
+        #: The cache's name of each code object analysed on its own (``None``: it has none).
+        self._keys: dict[int, CacheKey | None] = {}
         self._spec_cache: dict[str, str] = {}
         #: By namespace (``id``, checked against the namespace itself): its module's
-        #: name and how each name looked up in it is bound, as a global and as a module
-        #: attribute.  Functions of one module share most of their references, so each
-        #: binding is serialised once, not once per reference.
-        self._global_bindings: dict[int, tuple[Mapping[str, Any], str, dict[str, _Bound]]] = {}
-        self._attribute_bindings: dict[int, tuple[Mapping[str, Any], dict[str, _Bound]]] = {}
+        #: name, how each name looked up in it is bound (as a global or as a module
+        #: attribute) and which names were looked up but not bound.  Functions of one
+        #: module share most of their references, so each binding is serialised once,
+        #: not once per reference.
+        self._bindings: dict[int, _Namespace] = {}
+        #: Where each node was found, for a replay (see :mod:`._replay`).
+        self.locators: dict[int, Locator] = {}
+        #: The node :meth:`build` is serialising.
+        self._building = -1
         #: Values serialised by :meth:`_shared_value`, by ``id`` (and the value itself).
         self._shared: dict[int, tuple[object, str, tuple[int, ...]]] = {}
         self._pending: list[int] = []
@@ -323,8 +471,11 @@ class _Graph:
 
     def root(self, stage: str, func: object) -> int:
         if isinstance(func, types.FunctionType):
-            return self._function_node(func)
-        return self._node(f"<stage>:{stage}", "value", func)
+            index = self._function_node(func)
+        else:
+            index = self._node(f"<stage>:{stage}", "value", func)
+        self.locators.setdefault(index, ("s", stage))
+        return index
 
     def _node(self, label: str, kind: str, obj: object) -> int:
         """A new node for ``obj`` (which it keeps referenced, so its ``id`` stays its own)."""
@@ -341,21 +492,13 @@ class _Graph:
         index = self._by_id.get(id(func))
         if index is not None:
             return index
-        module = func.__globals__.get("__name__")
-        module = module if isinstance(module, str) else "?"
-        qualname = func.__code__.co_qualname
-        label = f"{module}:{qualname}"
-        if func.__qualname__ != qualname or func.__module__ != module:
-            # A ``functools.wraps`` wrapper claims the wrapped function's names; keep its
-            # own code name and show whom it wraps.
-            label = f"{label}[{func.__module__}:{func.__qualname__}]"
-        return self._node(label, "function", func)
+        return self._node(_function_label(func), "function", func)
 
     def _class_node(self, cls: type) -> int:
         index = self._by_id.get(id(cls))
         if index is not None:
             return index
-        return self._node(f"{cls.__module__}:{cls.__qualname__}", "class", cls)
+        return self._node(_class_label(cls), "class", cls)
 
     def _const_node(self, module: str, name: str, value: object) -> int:
         index = self._consts.get((module, name))
@@ -375,7 +518,8 @@ class _Graph:
         pending = self._pending
         while pending:
             # Each node is pending exactly once: it is queued when it is created.
-            node = nodes[pending.pop()]
+            index = self._building = pending.pop()
+            node = nodes[index]
             edges: list[int] = []
             if node.kind == "function":
                 text = self._function_text(node.obj, edges)  # pyright: ignore[reportArgumentType]
@@ -400,39 +544,51 @@ class _Graph:
             self._shared_value(func.__kwdefaults__, out, edges)
         if func.__closure__:
             out.append("|c")
-            for cell in func.__closure__:
+            for cell_number, cell in enumerate(func.__closure__):
                 try:
                     content = cell.cell_contents
                 except ValueError:
                     out.append("<empty>,")
                     continue
                 self._value(content, out, edges, set())
+                self._found(content, ("c", self._building, cell_number))
                 out.append(",")
         wrapped = vars(func).get("__wrapped__", _MISSING)
         if wrapped is not _MISSING:
             out.append("|w")
             self._value(wrapped, out, edges, set())
+            self._found(wrapped, ("w", self._building))
         return "".join(out)
+
+    def _found(self, value: object, locator: Locator) -> None:
+        """Note where the node of ``value`` (if it has one) can be found again, unless
+        it was found somewhere already.  A parent is found before its children, so a
+        locator that goes through a node made later is not kept."""
+        index = self._by_id.get(id(value))
+        if index is not None and index > self._building:
+            self.locators.setdefault(index, locator)
 
     def _resolve_names(
         self, namespace: Mapping[str, Any], info: _CodeInfo, out: list[str], edges: list[int]
     ) -> None:
         """Record what each referenced global name is bound to; follow project code."""
-        known = self._global_bindings.get(id(namespace))
-        if known is None or known[0] is not namespace:
-            module_name = namespace.get("__name__")
-            module_name = module_name if isinstance(module_name, str) else "?"
-            known = self._global_bindings[id(namespace)] = (namespace, module_name, {})
-        _, module_name, recorded = known
+        building = self._building
+        bindings = self._bindings
+        known = bindings.get(id(namespace))
+        if known is None or known.namespace is not namespace:
+            known = bindings[id(namespace)] = _Namespace(namespace)
+        known.users.add(building)
+        recorded, unbound = known.bound, known.unbound
         _, global_names, attrs, imports = info
         modules: dict[str, types.ModuleType] = {}
         for name in global_names:
             value = namespace.get(name, _MISSING)
             if value is _MISSING:
+                unbound.add(name)
                 continue
             bound = recorded.get(name)
             if bound is None or bound[0] is not value:
-                bound = recorded[name] = self._bound(module_name, name, value, f"{name}=")
+                bound = recorded[name] = self._bound(known, name, value, f"{name}=")
             _, text, targets, module = bound
             out.append(text)
             edges.extend(targets)
@@ -448,18 +604,20 @@ class _Graph:
             for mod_name in fresh:
                 seen.add(mod_name)
                 mod_dict = vars(modules[mod_name])
-                known_attributes = self._attribute_bindings.get(id(mod_dict))
-                if known_attributes is None or known_attributes[0] is not mod_dict:
-                    known_attributes = self._attribute_bindings[id(mod_dict)] = (mod_dict, {})
-                recorded = known_attributes[1]
+                known = bindings.get(id(mod_dict))
+                if known is None or known.namespace is not mod_dict:
+                    known = bindings[id(mod_dict)] = _Namespace(mod_dict)
+                known.users.add(building)
+                recorded, unbound = known.attributes, known.unbound
                 for name in attrs:
                     value = mod_dict.get(name, _MISSING)
                     if value is _MISSING:
+                        unbound.add(name)
                         continue
                     bound = recorded.get(name)
                     if bound is None or bound[0] is not value:
                         prefix = f"{mod_name}.{name}="
-                        bound = recorded[name] = self._bound(mod_name, name, value, prefix)
+                        bound = recorded[name] = self._bound(known, name, value, prefix)
                     _, text, targets, module = bound
                     out.append(text)
                     edges.extend(targets)
@@ -468,18 +626,23 @@ class _Graph:
             grown = len(modules) > len(seen)
             fresh = sorted(m for m in modules if m not in seen) if grown else []
 
-    def _bound(self, module_name: str, name: str, value: object, prefix: str) -> _Bound:
+    def _bound(self, known: _Namespace, name: str, value: object, prefix: str) -> _Bound:
         """How the binding of ``name`` to ``value`` is recorded (see :data:`_Bound`)."""
         if type(value) is types.FunctionType:
             # The common case, exactly as :meth:`_binding` and :meth:`_value` record it.
             if value.__globals__.get("__name__") in self._modules:
                 index = self._function_node(value)
+                if known.findable:
+                    self.locators.setdefault(index, ("b", known.name, name))
                 return value, f"{prefix}<fn {self.nodes[index].label}>;", (index,), None
             return value, f"{prefix}<ext-fn {_qualified(value)}>;", (), None
         out = [prefix]
         edges: list[int] = []
         modules: dict[str, types.ModuleType] = {}
-        self._binding(module_name, name, value, out=out, edges=edges, modules=modules)
+        self._binding(known.name, name, value, out=out, edges=edges, modules=modules)
+        if len(edges) == 1 and known.findable and self.nodes[edges[0]].obj is value:
+            # A class, or a constant: found again as this very name of this module.
+            self.locators.setdefault(edges[0], ("b", known.name, name))
         return value, "".join(out), tuple(edges), next(iter(modules.values()), None)
 
     def _binding(
@@ -574,9 +737,210 @@ class _Graph:
             if name in _CLASS_NOISE:
                 continue
             out.append(f"{name}=")
-            self._value(namespace[name], out, edges, set())
+            value = namespace[name]
+            self._value(value, out, edges, set())
+            self._found(value, ("a", self._building, name))
             out.append(";")
         return "".join(out)
+
+    # ------------------------------------------------------------------ replays
+
+    def seed(self, replay: Replay, objects: list[Any], rebuilt: list[int]) -> bool:
+        """Take the recorded nodes, found again as ``objects``, with their recorded
+        digests (their edges are not needed); the ``rebuilt`` ones are pending.  ``False``
+        if two recorded nodes are one object now, or one is no longer of its kind."""
+        recording = replay.recording
+        nodes = self.nodes = list(
+            map(_Node, recording.labels, recording.kinds, objects, recording.digests)
+        )
+        identified = replay.identified
+        self._by_id = dict(
+            zip(map(id, map(objects.__getitem__, identified)), identified, strict=True)
+        )
+        if len(self._by_id) != len(identified):
+            return False
+        self._consts = dict(replay.consts)
+        for index in rebuilt:
+            node = nodes[index]
+            obj, kind = node.obj, node.kind
+            if not is_kind(obj, kind):
+                return False
+            if kind == "function":
+                node.label = _function_label(cast("types.FunctionType", obj))
+            elif kind == "class":
+                node.label = _class_label(cast("type", obj))
+            node.digest = ""
+        self._pending.extend(rebuilt)
+        return True
+
+    def plain_text(self, value: object) -> str | None:
+        """How a walk serialises ``value`` (a defaults tuple); ``None`` if that reaches
+        project code (so this graph is for rendering only)."""
+        out: list[str] = []
+        edges: list[int] = []
+        self._value(value, out, edges, set())
+        return None if edges else "".join(out)
+
+    def recording(
+        self,
+        roots: Mapping[str, int],
+        result: Mapping[str, StageFingerprint],
+        reached: Mapping[str, tuple[int, ...]],
+    ) -> Recording:
+        """This walk, for the next load to replay (see :mod:`._replay`)."""
+        nodes = self.nodes
+        if len(reached) != len(roots):
+            reached = self._reached(roots)
+        lookups: dict[str, dict[str, Token]] = {}
+        for known in self._bindings.values():
+            tokens = lookups.setdefault(known.name, {})
+            for name, bound in itertools.chain(known.bound.items(), known.attributes.items()):
+                tokens[name] = self._token(known, bound)
+            for name in known.unbound:
+                tokens[name] = -1 if known.findable else False
+        recording = Recording(
+            modules=tuple(sorted(self._modules)),
+            labels=[node.label for node in nodes],
+            kinds=[node.kind for node in nodes],
+            digests=[node.digest for node in nodes],
+            edges=[tuple(node.edges) for node in nodes],
+            locators=[self.locators.get(i) for i in range(len(nodes))],
+            checks=[self._check(node) for node in nodes],
+            lookups=lookups,
+            users={module: sorted(users) for module, users in self._users().items()},
+            stages={
+                stage: (
+                    index,
+                    result[stage].code,
+                    result[stage].functions,
+                    dict(result[stage].parts),
+                    reached[stage],
+                )
+                for stage, index in roots.items()
+            },
+        )
+        return recording
+
+    def _users(self) -> dict[str, set[int]]:
+        """The nodes that looked names up in each module."""
+        users: dict[str, set[int]] = {}
+        for known in self._bindings.values():
+            users.setdefault(known.name, set()).update(known.users)
+        return users
+
+    def update(
+        self,
+        recording: Recording,
+        rebuilt: list[int],
+        failed: set[str],
+        changed: list[int],
+        stages: dict[str, StageRecord],
+    ) -> Recording | None:
+        """``recording`` after a replay that serialised the ``rebuilt`` nodes again
+        (``changed``: those whose digest changed; ``failed``: the modules whose names
+        were not all bound as recorded).  ``None`` if nothing changed."""
+        nodes = self.nodes
+        checks = recording.checks
+        new_checks = checks
+        for index in rebuilt:
+            check = self._check(nodes[index])
+            if check != checks[index]:
+                if new_checks is checks:
+                    new_checks = list(checks)
+                new_checks[index] = check
+        lookups = recording.lookups
+        new_lookups = {module: lookups[module] for module in lookups if module not in failed}
+        lookups_changed = bool(failed)
+        for known in self._bindings.values():
+            old = new_lookups.get(known.name, {})
+            tokens = dict(old)
+            for name, bound in itertools.chain(known.bound.items(), known.attributes.items()):
+                tokens[name] = self._token(known, bound)
+            for name in known.unbound:
+                tokens[name] = -1 if known.findable else False
+            if tokens != old:
+                lookups_changed = True
+                new_lookups[known.name] = tokens
+        users = dict(recording.users)
+        for module, used in self._users().items():
+            merged = sorted(used.union(users.get(module, ())) if module not in failed else used)
+            if merged != users.get(module):
+                lookups_changed = True
+                users[module] = merged
+        if not changed and new_checks is checks and not lookups_changed:
+            return None
+        digests = list(recording.digests)
+        for index in changed:
+            digests[index] = nodes[index].digest
+        return Recording(
+            recording.modules,
+            recording.labels,
+            recording.kinds,
+            digests,
+            recording.edges,
+            recording.locators,
+            new_checks,
+            new_lookups,
+            users,
+            stages,
+        )
+
+    def _check(self, node: _Node) -> Check | None:
+        """What a replay checks a plain function node against; ``None``: not plain."""
+        func = node.obj
+        if (
+            type(func) is not types.FunctionType
+            or func.__closure__ is not None
+            or func.__kwdefaults__ is not None
+            or "__wrapped__" in vars(func)
+            or not isinstance(cast("object", func.__module__), str | None)
+        ):
+            return None
+        code = func.__code__
+        key = self._keys.get(id(code))
+        info = self._codes.get(id(code))
+        known = self._bindings.get(id(func.__globals__))
+        if key is None or info is None or info[3] or known is None or not known.findable:
+            return None
+        text = None
+        defaults = func.__defaults__
+        if defaults is not None:
+            shared = self._shared.get(id(defaults))
+            if shared is None or shared[0] is not defaults or shared[2]:
+                return None
+            text = shared[1]
+        return (
+            known.name,
+            code.co_filename,
+            key[0],
+            key[1],
+            func.__qualname__,
+            func.__module__,
+            text,
+        )
+
+    def _token(self, known: _Namespace, bound: _Bound) -> Token:
+        """What a replay checks a looked-up name against (see :data:`._replay.Token`)."""
+        value, _, targets, _ = bound
+        if not known.findable:
+            return False
+        if isinstance(value, types.ModuleType):
+            name = cast("object", value.__name__)
+            return name if isinstance(name, str) and sys.modules.get(name) is value else False
+        if type(value) is types.FunctionType or isinstance(value, type):
+            if targets:
+                return targets[0]
+            text = library_text(value, self._modules)
+            return ("x", text) if text is not None else False
+        if len(targets) == 1 and self.nodes[targets[0]].kind == "const":
+            return targets[0]
+        return False
+
+    def _reached(self, roots: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+        """The nodes each stage reaches, lowest index first (when ranks cannot say)."""
+        count = len(self.nodes)
+        reach = self._reachable([1 << (count - 1 - i) for i in range(count)])
+        return {stage: tuple(_ranks_in(reach[index], count)) for stage, index in roots.items()}
 
     # ------------------------------------------------------------------ values
 
@@ -742,6 +1106,7 @@ class _Graph:
         key = None
         if cache is not None:
             key, info = cache.lookup(code)
+            self._keys[id(code)] = key
         if info is None:
             info = self._analyse(code)
             if cache is not None and key is not None:
@@ -802,8 +1167,11 @@ class _Graph:
 
     # ------------------------------------------------------------------ stages
 
-    def stage_fingerprints(self, roots: Mapping[str, int]) -> dict[str, StageFingerprint]:
-        """The fingerprint of each stage, from the node of its function.
+    def stage_fingerprints(
+        self, roots: Mapping[str, int], reached: dict[str, tuple[int, ...]] | None = None
+    ) -> dict[str, StageFingerprint]:
+        """The fingerprint of each stage, from the node of its function; ``reached`` gets
+        the nodes each reaches (if every node has a pair of its own).
 
         A stage's parts are the distinct ``(label, digest)`` pairs of the nodes it
         reaches, sorted; its code is the digest of those pairs.  The pairs are ranked
@@ -824,10 +1192,17 @@ class _Graph:
         # both tells them apart by content.
         repeated = {label for label, times in Counter(labels).items() if times > 1}
         ambiguous = sum(bit_of[pair] for pair in pairs if pair[0] in repeated)
+        node_of_rank: list[int] | None = None
+        if reached is not None and count == len(nodes):
+            node_of_rank = [0] * count
+            for index, node in enumerate(nodes):
+                node_of_rank[count - bit_of[node.label, node.digest].bit_length()] = index
         result: dict[str, StageFingerprint] = {}
         for stage, index in roots.items():
             bits = reach[index]
             ranks = _ranks_in(bits, count)
+            if node_of_rank is not None and reached is not None:
+                reached[stage] = tuple(node_of_rank[rank] for rank in ranks)
             if bits & ambiguous:
                 result[stage] = _named_apart([pairs[rank] for rank in ranks])
                 continue
@@ -1055,7 +1430,4 @@ def _note_name(op: int, arg: int, co_names: tuple[str, ...], loaded: _Loaded) ->
         imports.add(co_names[arg])
 
 
-def _qualified(obj: object) -> str:
-    module = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
-    return f"{module}:{qualname}"
+_qualified = qualified_name

@@ -1,0 +1,482 @@
+"""Replaying the last fingerprinting: check what it looked at instead of hashing it again.
+
+Fingerprinting a loaded pipeline walks every project function, class and constant its
+stages reach (see :mod:`._fingerprint`).  In watch mode each generation is a fresh
+process that walks the same graph again, usually after a save that touched one file:
+nearly every node comes out exactly as before.  So the last walk is kept (a
+:class:`Recording`, in the code-analysis cache file) and the next load *checks* it:
+
+- each node is found again where the walk found it (a module's global, a class's
+  attribute, a wrapper's ``__wrapped__``, a closure cell, a stage's function);
+- a plain function (no closure, no keyword defaults, no ``__wrapped__``, no import in its
+  body, defaults without project code) is unchanged if its code is the same code of the
+  same source (the code cache's name for it), it runs in the same module's globals,
+  its names and defaults read the same;
+- every name the walk looked up in a module's globals is bound as before: to the object
+  found again for the same node, to the same module, to no value, or to a library object
+  of the same name.
+
+A node that passes keeps its recorded digest and edges.  Every other node found again
+(a changed function, a class, a constant, a closure...) is serialised and hashed as in a
+full walk.  If the walk then finds the graph's *shape* unchanged (the same nodes, labels
+and edges), only the stages that reach a node whose digest changed are fingerprinted
+again; otherwise the caller walks the whole graph afresh.  The result is the same as a
+full walk's, exactly: the checks cover everything a node's text is made of, and anything
+they cannot cover is hashed again.
+
+What this saves is the serialising and hashing of every unchanged node, and the ranking
+and reachability over the whole graph; what it costs is a few lookups per node, done a
+module at a time in C (``map``, ``attrgetter``).
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+import types
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Any, cast
+
+__all__ = [
+    "ABSENT",
+    "Check",
+    "Locator",
+    "Recording",
+    "Replay",
+    "ReplayStats",
+    "StageRecord",
+    "Token",
+    "is_kind",
+    "library_text",
+    "qualified_name",
+]
+
+#: What a lookup finds when there is nothing (a name not bound, a node not found again).
+ABSENT: Any = object()
+#: Where a node was found: ``("s", stage)`` a stage's function; ``("b", module, name)`` a
+#: module's global; ``("a", node, name)`` an attribute in a class's ``__dict__``;
+#: ``("w", node)`` a function's ``__wrapped__``; ``("c", node, cell)`` a closure cell.
+#: A parent node is always found before its children (its index is lower).
+Locator = tuple[Any, ...]
+#: What a plain function node is checked against: (module of its globals, its code's
+#: ``co_filename``, the source digest and position naming its code, ``__qualname__``,
+#: ``__module__``, the text of its defaults or ``None``).
+Check = tuple[str, str, str, int, str, str, str | None]
+#: What a name looked up in a module was bound to: a node's index (the same object as
+#: that node), ``-1`` (unbound), a module's name (that module), ``("x", text)`` (a
+#: library object of that rendering), ``False`` (not checkable: always re-walked).
+Token = int | str | tuple[str, str] | bool
+#: A stage's recorded result: its root node, code digest, part names, parts, and the
+#: nodes it reaches.
+StageRecord = tuple[int, str, tuple[str, ...], dict[str, str], tuple[int, ...]]
+
+_FUNCTION = types.FunctionType
+_GLOBALS = operator.attrgetter("__globals__")
+_CODE = operator.attrgetter("__code__")
+_DEFAULTS = operator.attrgetter("__defaults__")
+_NAMES = operator.attrgetter("__qualname__", "__module__")
+_CLOSURE_AND_KWDEFAULTS = operator.attrgetter("__closure__", "__kwdefaults__")
+#: ``getattr(func, "__wrapped__", None)`` of functions without one (``vars(func)`` would
+#: give each function a ``__dict__`` of its own).
+_NOTHING = {None}
+_PLAIN_EXTRAS = {(None, None)}
+_FUNCTION_TYPES = {_FUNCTION}
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    """What one fingerprinting did: replayed the last walk or walked afresh, how many
+    nodes it kept as recorded and how many it serialised, and how many stages it
+    fingerprinted (for tests and benchmarks)."""
+
+    replayed: bool = False
+    kept: int = 0
+    walked: int = 0
+    stages: int = 0
+
+
+@dataclass(slots=True)
+class Recording:
+    """The last walk, as plain data (lists indexed by node), as :func:`marshal` keeps it.
+
+    ``modules`` are the project modules the walk knew, sorted: with others, project code
+    and library code are told apart differently, so nothing recorded holds.
+    """
+
+    modules: tuple[str, ...]
+    labels: list[str]
+    kinds: list[str]
+    digests: list[str]
+    edges: list[tuple[int, ...]]
+    locators: list[Locator | None]
+    checks: list[Check | None]
+    lookups: dict[str, dict[str, Token]]
+    users: dict[str, list[int]]
+    stages: dict[str, StageRecord]
+
+    def to_data(self) -> tuple[object, ...]:
+        return (
+            self.modules,
+            self.labels,
+            self.kinds,
+            self.digests,
+            self.edges,
+            self.locators,
+            self.checks,
+            self.lookups,
+            self.users,
+            self.stages,
+        )
+
+    @classmethod
+    def from_data(cls, data: object) -> Recording | None:
+        """The recording ``data`` holds; ``None`` if it is not one (any other value)."""
+        if type(data) is not tuple:
+            return None
+        fields = cast("tuple[Any, ...]", data)
+        if len(fields) != 10:
+            return None
+        recording = cls(*fields)
+        count = len(recording.labels)
+        sized = (recording.kinds, recording.digests, recording.edges, recording.locators)
+        if any(len(column) != count for column in (*sized, recording.checks)):
+            return None
+        return recording
+
+
+class Replay:
+    """A recording prepared for checking: its lookups grouped a module at a time.
+
+    Preparing costs a pass over the recording; a standby worker does it while it waits
+    (with the cache read ahead), so that a load only checks.
+    """
+
+    def __init__(self, recording: Recording) -> None:
+        self.recording = recording
+        binds: dict[str, tuple[list[str], list[int]]] = {}
+        others: list[tuple[int, Locator]] = []
+        for index, locator in enumerate(recording.locators):
+            if locator is None:
+                continue
+            if locator[0] == "b":
+                names, indices = binds.setdefault(locator[1], ([], []))
+                names.append(locator[2])
+                indices.append(index)
+            else:
+                others.append((index, locator))
+        self._binds = binds
+        self._others = others
+        #: The nodes whose objects name them (all but constants, named by module and name).
+        self.identified = [i for i, kind in enumerate(recording.kinds) if kind != "const"]
+        self.consts = [
+            ((locator[1], locator[2]), index)
+            for index, (kind, locator) in enumerate(
+                zip(recording.kinds, recording.locators, strict=True)
+            )
+            if kind == "const" and locator is not None
+        ]
+        groups: dict[tuple[str, str], tuple[list[int], list[Check]]] = {}
+        for index, check in enumerate(recording.checks):
+            if check is not None:
+                indices, checks = groups.setdefault((check[0], check[1]), ([], []))
+                indices.append(index)
+                checks.append(check)
+        self._groups = [
+            _Group(module, filename, indices, checks)
+            for (module, filename), (indices, checks) in groups.items()
+        ]
+        self._lookups = [
+            _Lookups(module, names, recording.users.get(module, ()))
+            for module, names in recording.lookups.items()
+        ]
+        self._reach = {stage: frozenset(record[4]) for stage, record in recording.stages.items()}
+        #: Whether every node has a locator: a node that cannot be found again would be
+        #: met as a new one, and the replay given up.
+        self.complete = None not in recording.locators
+
+    # ------------------------------------------------------------------ finding nodes
+
+    def locate(self, functions: Mapping[str, object]) -> list[Any]:
+        """Each recorded node's object in this process, or :data:`ABSENT` (whether it
+        is still of its node's kind is checked by whoever uses it)."""
+        recording = self.recording
+        objects: list[Any] = [ABSENT] * len(recording.labels)
+        modules = sys.modules
+        for module_name, (names, indices) in self._binds.items():
+            module = modules.get(module_name)
+            if type(module) is not types.ModuleType:
+                continue
+            found = map(vars(module).get, names, repeat(ABSENT))
+            for index, value in zip(indices, found, strict=True):
+                objects[index] = value
+        for index, locator in self._others:
+            objects[index] = _follow(locator, objects, functions)
+        return objects
+
+    # ------------------------------------------------------------------ checking nodes
+
+    def unchanged(
+        self,
+        objects: list[Any],
+        positions: Callable[[str, list[types.CodeType]], tuple[str, list[int | None]]],
+        defaults_text: Callable[[object], str | None],
+        modules: Mapping[str, object],
+    ) -> tuple[list[bool], set[str]]:
+        """Which nodes keep their recorded digest and edges (see the module doc), and
+        the modules whose names are not all bound as recorded.
+
+        ``positions`` names code as the code cache does
+        (:meth:`._codecache.CodeAnalysisCache.positions`); ``defaults_text`` renders a
+        defaults tuple as a walk does, ``None`` if it reaches project code; ``modules``
+        are the project's.
+        """
+        same = [False] * len(objects)
+        checker = _Checker(positions, defaults_text)
+        for group in self._groups:
+            group.check(objects, same, checker)
+        failed: set[str] = set()
+        for lookups in self._lookups:
+            if not lookups.hold(objects, modules):
+                failed.add(lookups.module)
+                for user in lookups.users:
+                    same[user] = False
+        return same, failed
+
+    def sources(self, same: list[bool]) -> set[str]:
+        """The source digests of the code of the nodes kept ``same``."""
+        return {
+            source
+            for group in self._groups
+            if any(same[index] for index in group.indices)
+            for source in group.source
+        }
+
+    def affected(self, changed: Iterable[int]) -> list[str]:
+        """The stages that reach any of the ``changed`` nodes."""
+        changed = set(changed)
+        return [stage for stage, reach in self._reach.items() if not changed.isdisjoint(reach)]
+
+
+class _Group:
+    """The plain functions of one module's globals whose code is in one file."""
+
+    __slots__ = ("defaults", "filename", "indices", "module", "names", "positions", "source")
+
+    def __init__(self, module: str, filename: str, indices: list[int], checks: list[Check]) -> None:
+        self.module = module
+        self.filename = filename
+        self.indices = indices
+        self.source = {check[2] for check in checks}
+        self.positions = [check[3] for check in checks]
+        self.names = [(check[4], check[5]) for check in checks]
+        self.defaults = [check[6] for check in checks]
+
+    def check(self, objects: list[Any], same: list[bool], checker: _Checker) -> None:
+        """Mark the group's functions that are unchanged in ``same``."""
+        module = sys.modules.get(self.module)
+        if type(module) is not types.ModuleType or len(self.source) != 1:
+            return
+        namespace = vars(module)
+        funcs = list(map(objects.__getitem__, self.indices))
+        if set(map(type, funcs)) != _FUNCTION_TYPES:
+            # Some not found again: check the others one by one.
+            kept = [i for i, func in enumerate(funcs) if type(func) is _FUNCTION]
+            self._check_some(kept, funcs, namespace, same, checker)
+            return
+        digest, found = checker.positions(self.filename, list(map(_CODE, funcs)))
+        if (
+            digest in self.source
+            and found == self.positions
+            and set(map(id, map(_GLOBALS, funcs))) == {id(namespace)}
+            and set(map(_CLOSURE_AND_KWDEFAULTS, funcs)) <= _PLAIN_EXTRAS
+            and set(map(getattr, funcs, repeat("__wrapped__"), repeat(None))) == _NOTHING
+            and list(map(_NAMES, funcs)) == self.names
+            and checker.all_defaults(list(map(_DEFAULTS, funcs))) == self.defaults
+        ):
+            for index in self.indices:
+                same[index] = True
+            return
+        self._check_some(list(range(len(funcs))), funcs, namespace, same, checker)
+
+    def _check_some(
+        self,
+        members: list[int],
+        funcs: list[Any],
+        namespace: dict[str, Any],
+        same: list[bool],
+        checker: _Checker,
+    ) -> None:
+        """The group's check, one function at a time (after the whole group failed it)."""
+        if not members:
+            return
+        digest, found = checker.positions(self.filename, [funcs[i].__code__ for i in members])
+        if digest not in self.source:
+            return
+        for member, position in zip(members, found, strict=True):
+            func = funcs[member]
+            if (
+                position == self.positions[member]
+                and func.__globals__ is namespace
+                and func.__closure__ is None
+                and func.__kwdefaults__ is None
+                and getattr(func, "__wrapped__", None) is None
+                and (func.__qualname__, func.__module__) == self.names[member]
+                and checker.defaults(func.__defaults__) == self.defaults[member]
+            ):
+                same[self.indices[member]] = True
+
+
+class _Checker:
+    """What checking functions needs from the walk: the code cache's names for code, and
+    the rendering of defaults (once per tuple: a module's functions share them)."""
+
+    __slots__ = ("_render", "_texts", "positions")
+
+    def __init__(
+        self,
+        positions: Callable[[str, list[types.CodeType]], tuple[str, list[int | None]]],
+        render: Callable[[object], str | None],
+    ) -> None:
+        self.positions = positions
+        self._render = render
+        self._texts: dict[int, str | None] = {}
+
+    def defaults(self, defaults: object) -> str | None:
+        if defaults is None:
+            return None
+        key = id(defaults)
+        texts = self._texts
+        if key not in texts:
+            texts[key] = self._render(defaults)
+        return texts[key]
+
+    def all_defaults(self, defaults: list[object]) -> list[str | None]:
+        """:meth:`defaults` of each, rendering each distinct tuple once."""
+        keys = list(map(id, defaults))
+        texts = self._texts
+        if not texts.keys() >= set(keys):
+            for key, value in zip(keys, defaults, strict=True):
+                if key not in texts:
+                    texts[key] = None if value is None else self._render(value)
+        return list(map(texts.__getitem__, keys))
+
+
+class _Lookups:
+    """The names the walk looked up in one module, and what each was bound to."""
+
+    __slots__ = (
+        "checkable",
+        "module",
+        "module_names",
+        "modules",
+        "node_names",
+        "nodes",
+        "text_names",
+        "texts",
+        "unbound",
+        "users",
+    )
+
+    def __init__(self, module: str, tokens: Mapping[str, Token], users: Iterable[int]) -> None:
+        self.module = module
+        self.users = tuple(users)
+        self.checkable = True
+        self.node_names: list[str] = []
+        self.nodes: list[int] = []
+        self.unbound: list[str] = []
+        self.module_names: list[str] = []
+        self.modules: list[str] = []
+        self.text_names: list[str] = []
+        self.texts: list[str] = []
+        for name, token in tokens.items():
+            if type(token) is int and token >= 0:
+                self.node_names.append(name)
+                self.nodes.append(token)
+            elif token == -1:
+                self.unbound.append(name)
+            elif type(token) is str:
+                self.module_names.append(name)
+                self.modules.append(token)
+            elif type(token) is tuple:
+                self.text_names.append(name)
+                self.texts.append(token[1])
+            else:
+                self.checkable = False
+
+    def hold(self, objects: list[Any], modules: Mapping[str, object]) -> bool:
+        """Whether every name is bound as recorded (every node was found again)."""
+        module = sys.modules.get(self.module)
+        if not self.checkable or type(module) is not types.ModuleType:
+            return False
+        namespace = vars(module)
+        found = map(namespace.get, self.node_names, repeat(ABSENT))
+        if not all(map(operator.is_, found, map(objects.__getitem__, self.nodes))):
+            return False
+        if not namespace.keys().isdisjoint(self.unbound):
+            return False
+        for name, module_name in zip(self.module_names, self.modules, strict=True):
+            value = namespace.get(name, ABSENT)
+            if value is not sys.modules.get(module_name) or value.__name__ != module_name:
+                return False
+        return all(
+            library_text(namespace.get(name, ABSENT), modules) == text
+            for name, text in zip(self.text_names, self.texts, strict=True)
+        )
+
+
+def library_text(value: object, modules: Mapping[str, object]) -> str | None:
+    """How a walk renders a library (not project) function or class bound in project
+    globals; ``None`` for anything else.  What a ``("x", text)`` token records."""
+    if type(value) is _FUNCTION:
+        if value.__globals__.get("__name__") in modules:
+            return None
+        return f"<ext-fn {qualified_name(value)}>"
+    if isinstance(value, type):
+        if value.__module__ in modules:
+            return None
+        return f"<ext-cls {qualified_name(value)}>"
+    return None
+
+
+def qualified_name(obj: object) -> str:
+    """``module:qualname`` of a library object, as a walk names it."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    return f"{module}:{qualname}"
+
+
+def _follow(locator: Locator, objects: list[Any], functions: Mapping[str, object]) -> Any:
+    """The object ``locator`` (not a module global) points at now, or :data:`ABSENT`."""
+    kind = locator[0]
+    if kind == "s":
+        return functions.get(locator[1], ABSENT)
+    parent = objects[locator[1]]
+    if parent is ABSENT:
+        return ABSENT
+    if kind == "a":
+        return vars(parent).get(locator[2], ABSENT) if isinstance(parent, type) else ABSENT
+    if kind == "w":
+        return vars(parent).get("__wrapped__", ABSENT) if type(parent) is _FUNCTION else ABSENT
+    if kind == "c" and type(parent) is _FUNCTION:
+        closure: tuple[types.CellType, ...] | None = parent.__closure__
+        number: int = locator[2]
+        if closure is not None and number < len(closure):
+            try:
+                cell: types.CellType = closure[number]
+                return cast("object", cell.cell_contents)
+            except ValueError:
+                return ABSENT
+    return ABSENT
+
+
+def is_kind(value: object, kind: str) -> bool:
+    """Whether ``value`` would become a node of ``kind`` (see ``_Graph._binding``)."""
+    if kind == "function":
+        return type(value) is _FUNCTION
+    if kind == "class":
+        return isinstance(value, type)
+    if kind == "const":
+        return not isinstance(value, types.ModuleType | _FUNCTION | type)
+    return True
