@@ -75,6 +75,7 @@ from typing import Any, cast
 from pivot_supervise import __version__
 from pivot_supervise.pipeline._freshness import diff_parts
 
+from . import _replay
 from ._codecache import Analysis, CacheKey, CodeAnalysisCache, cache_file
 from ._imports import is_project_file, project_module_files
 from ._replay import (
@@ -330,17 +331,20 @@ def _file_signature(path: Path) -> tuple[int, int, int] | None:
 
 @functools.cache
 def _analysis_version() -> tuple[int, str, str]:
-    """What a cached analysis must have been computed by: format, release, this very file.
+    """What a cached analysis or walk must have been made by: format, release, the very
+    files that make them (this one and :mod:`._replay`).
 
-    The digest of this module's own file covers an editable install, where the release
-    number stays put while the algorithm changes; the format number covers a release
-    whose file cannot be read.
+    The digest of the files covers an editable install, where the release number stays
+    put while the algorithm changes; the format number covers a release whose files
+    cannot be read.
     """
+    digest = hashlib.sha256()
     try:
-        own = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+        for path in (Path(__file__), Path(_replay.__file__)):
+            digest.update(path.read_bytes())
     except OSError:
-        own = ""
-    return _ANALYSIS_FORMAT, __version__, own
+        return _ANALYSIS_FORMAT, __version__, ""
+    return _ANALYSIS_FORMAT, __version__, digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------- internals

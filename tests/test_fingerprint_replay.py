@@ -1,0 +1,408 @@
+"""Replaying the last fingerprinting: the same fingerprints as a walk, whatever changed.
+
+Every test writes a real project, loads it with the real loader and fingerprints it with
+the code cache of a real state directory (which keeps the last walk), then checks the
+result against a full walk of the same loaded functions with no cache at all.  Whether
+the walk was replayed, and how many stages were fingerprinted again, is read from
+:class:`ReplayStats`, never from timings.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from conftest import python_json
+from pivot_supervise.workers._fingerprint import (
+    ReplayStats,
+    StageFingerprint,
+    fingerprint_stages,
+    open_code_cache,
+)
+from pivot_supervise.workers._loader import load_pipeline
+
+PIPELINE = """
+    from pivot_supervise.pipeline._stage import stage
+    import helpers
+    from helpers import THRESHOLD, scale
+    from math import sqrt
+    from os.path import basename
+
+    @stage(outs=["a.txt"])
+    def a():
+        return helpers.double(1) + scale(2)
+
+    @stage(outs=["b.txt"])
+    def b():
+        return helpers.Model().predict(THRESHOLD) + sqrt(4) + len(basename("x"))
+
+    @stage(outs=["c.txt"])
+    def c():
+        return helpers.unrelated()
+"""
+
+HELPERS = """
+    import functools
+    import os
+
+    THRESHOLD = 3
+    MODE = os.environ.get("PIVOT_TEST_MODE", "slow")
+
+    def double(x, factor=2):
+        return x * factor
+
+    def scale(x):
+        return double(x) * THRESHOLD + len("")
+
+    def _fast(x):
+        return x
+
+    def _slow(x):
+        return x + 0
+
+    pick = _fast if MODE == "fast" else _slow
+
+    class Model:
+        def predict(self, x):
+            return pick(x) + double(x)
+
+    def logged(f):
+        @functools.wraps(f)
+        def wrapper(*args):
+            return f(*args)
+        return wrapper
+
+    @logged
+    def unrelated():
+        return 1
+"""
+
+
+def write(root: Path, files: Mapping[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).write_text(textwrap.dedent(text))
+
+
+def fingerprint(root: Path) -> tuple[dict[str, StageFingerprint], ReplayStats]:
+    """Fingerprint the project on disk with its state directory's cache (and save it),
+    checked against a full walk with no cache."""
+    loaded = load_pipeline(root, "pipeline.py", "params.toml", fingerprints=False)
+    cache = open_code_cache(root / "state")
+    stats = ReplayStats()
+    prints = fingerprint_stages(
+        loaded.functions, root, modules=loaded.modules, cache=cache, stats=stats
+    )
+    cache.save()
+    walked = fingerprint_stages(loaded.functions, root, modules=loaded.modules)
+    assert prints == walked, "the replay disagrees with a walk"
+    return prints, stats
+
+
+def changed(before: Mapping[str, StageFingerprint], after: Mapping[str, StageFingerprint]) -> set:
+    return {name for name in after if before.get(name) != after[name]}
+
+
+def test_an_unchanged_project_is_replayed_without_fingerprinting_any_stage(tmp_path: Path) -> None:
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    first, walk = fingerprint(tmp_path)
+    second, replay = fingerprint(tmp_path)
+    assert second == first
+    assert not walk.replayed
+    assert replay.replayed
+    assert replay.stages == 0
+    # Plain functions are kept as recorded; the rest (constants, the class, the
+    # decorator's wrapper) are serialised again, and come out the same.
+    assert replay.kept > 0
+    assert replay.kept + replay.walked == walk.walked
+
+
+def edit(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new)
+
+
+#: name: (file, old text, new text, the stages whose fingerprint changes, replayed?)
+EDITS: dict[str, tuple[str, str, str, set[str], bool]] = {
+    "a comment": ("helpers.py", "THRESHOLD = 3\n", "# tuned by hand\nTHRESHOLD = 3\n", set(), True),
+    "a function body": (
+        "helpers.py",
+        "return x * factor",
+        "return x * factor + 0",
+        {"a", "b"},
+        True,
+    ),
+    "a default argument": ("helpers.py", "factor=2", "factor=3", {"a", "b"}, True),
+    "a module constant": ("helpers.py", "THRESHOLD = 3", "THRESHOLD = 4", {"a", "b"}, True),
+    "a method": ("helpers.py", "pick(x) + double(x)", "pick(x) - double(x)", {"b"}, True),
+    "a decorated function": ("helpers.py", "    return 1\n", "    return 2\n", {"c"}, True),
+    "a builtin function bound": (
+        "pipeline.py",
+        "from math import sqrt",
+        "from math import floor as sqrt",
+        {"b"},
+        True,
+    ),
+    "a library function bound": (
+        "pipeline.py",
+        "from os.path import basename",
+        "from os.path import dirname as basename",
+        {"b"},
+        True,
+    ),
+    "a builtin shadowed by a library function": (
+        "helpers.py",
+        "import os\n",
+        "import os\nfrom os.path import join as len\n",
+        {"a"},
+        True,
+    ),
+    "a new call": ("pipeline.py", "scale(2)", "scale(2) + helpers.unrelated()", {"a"}, False),
+    "a helper renamed": ("helpers.py", "_slow", "_slower", {"b"}, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EDITS))
+def test_an_edit_gives_a_walks_fingerprints(tmp_path: Path, name: str) -> None:
+    file, old, new, expected, replayed = EDITS[name]
+    files = {"pipeline.py": PIPELINE, "helpers.py": HELPERS}
+    write(tmp_path, files)
+    before, _ = fingerprint(tmp_path)
+    files[file] = edit(textwrap.dedent(files[file]), old, new)
+    write(tmp_path, files)
+    after, stats = fingerprint(tmp_path)
+    assert changed(before, after) == expected
+    assert stats.replayed == replayed
+    if replayed:
+        assert stats.stages == len(expected)
+
+
+def test_a_binding_chosen_at_import_time_is_seen_although_no_file_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same source, another value: ``pick`` is bound to another function."""
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    before, _ = fingerprint(tmp_path)
+    monkeypatch.setenv("PIVOT_TEST_MODE", "fast")
+    after, _ = fingerprint(tmp_path)
+    assert changed(before, after) == {"b"}
+
+
+#: Modules whose source stays put while what they bind depends on the environment:
+#: ``probe`` reaches what ``PIVOT_TEST_MODE`` picks, ``steady`` nothing of it.
+MOODY = {
+    "a project function": (
+        """
+        def fast(x):
+            return x
+
+        def slow(x):
+            return x + 0
+
+        pick = fast if MODE == "fast" else slow
+
+        def probe(x):
+            return pick(x)
+
+        def steady():
+            return fast, slow
+        """,
+        False,  # probe now reaches another node: a new shape, walked afresh
+    ),
+    "a library function": (
+        """
+        from os.path import dirname, join
+
+        path_of = join if MODE == "fast" else dirname
+
+        def probe(x):
+            return path_of(x)
+        """,
+        True,
+    ),
+    "a builtin shadowed": (
+        """
+        if MODE == "fast":
+            from os.path import basename as len
+
+        def probe(x):
+            return len(x)
+        """,
+        True,
+    ),
+    "a library module": (
+        """
+        import json
+        import pickle
+
+        codec = json if MODE == "fast" else pickle
+
+        def probe(x):
+            return codec.dumps(x)
+        """,
+        True,
+    ),
+    "a function renamed": (
+        """
+        def helper(x):
+            return x
+
+        if MODE == "fast":
+            helper.__qualname__ = "renamed"
+
+        def probe(x):
+            return helper(x)
+        """,
+        False,  # a new label: walked afresh
+    ),
+    "one name defined twice": (
+        """
+        if MODE == "fast":
+            def impl(x):
+                return x
+        else:
+            def impl(x):
+                return x + 0
+
+        def probe(x):
+            return impl(x)
+        """,
+        True,
+    ),
+}
+
+MOODY_PIPELINE = """
+    from pivot_supervise.pipeline._stage import stage
+    import moody
+
+    @stage(outs=["probe.txt"])
+    def probe():
+        return moody.probe(1)
+
+    @stage(outs=["steady.txt"])
+    def steady():
+        return moody.steady()
+"""
+
+
+@pytest.mark.parametrize("case", sorted(MOODY))
+def test_what_an_unchanged_file_binds_is_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    body, replayed = MOODY[case]
+    header = 'import os\nMODE = os.environ.get("PIVOT_TEST_MODE", "slow")\n'
+    steady = "" if "def steady" in body else "\ndef steady():\n    return 1\n"
+    moody = header + textwrap.dedent(body) + steady
+    write(tmp_path, {"pipeline.py": MOODY_PIPELINE, "moody.py": moody})
+    before, _ = fingerprint(tmp_path)
+    monkeypatch.setenv("PIVOT_TEST_MODE", "fast")
+    after, stats = fingerprint(tmp_path)
+    assert changed(before, after) == {"probe"}
+    assert stats.replayed == replayed
+
+
+def test_a_constant_computed_at_import_time_is_serialised_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    helpers = edit(textwrap.dedent(HELPERS), "THRESHOLD = 3", 'THRESHOLD = int(os.environ["T"])')
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": helpers})
+    monkeypatch.setenv("T", "3")
+    before, _ = fingerprint(tmp_path)
+    monkeypatch.setenv("T", "4")
+    after, stats = fingerprint(tmp_path)
+    assert stats.replayed
+    assert changed(before, after) == {"a", "b"}
+
+
+def test_defaults_computed_at_import_time_are_serialised_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    helpers = edit(textwrap.dedent(HELPERS), "factor=2", 'factor=int(os.environ["F"])')
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": helpers})
+    monkeypatch.setenv("F", "2")
+    before, _ = fingerprint(tmp_path)
+    monkeypatch.setenv("F", "3")
+    after, stats = fingerprint(tmp_path)
+    assert stats.replayed
+    assert changed(before, after) == {"a", "b"}
+
+
+def test_a_stage_added_or_removed_is_walked_afresh(tmp_path: Path) -> None:
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    before, _ = fingerprint(tmp_path)
+    extra = '\n@stage(outs=["d.txt"])\ndef d():\n    return scale(1)\n'
+    write(tmp_path, {"pipeline.py": textwrap.dedent(PIPELINE) + extra})
+    after, stats = fingerprint(tmp_path)
+    assert not stats.replayed
+    assert set(after) == {*before, "d"}
+    assert all(after[name] == before[name] for name in before)
+
+
+def test_code_that_cannot_be_found_again_is_always_walked(tmp_path: Path) -> None:
+    """A lambda in a default argument has no name to be found again by."""
+    helpers = edit(textwrap.dedent(HELPERS), "factor=2", "factor=lambda: 2")
+    helpers = edit(helpers, "return x * factor", "return x * factor()")
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": helpers})
+    first, _ = fingerprint(tmp_path)
+    second, stats = fingerprint(tmp_path)
+    assert second == first
+    assert not stats.replayed
+
+
+#: Fingerprints in a fresh interpreter with the cache of ``argv[2]``, replayed or walked.
+CHILD = """
+import json, sys
+from pathlib import Path
+from pivot_supervise.workers._fingerprint import (
+    ReplayStats, fingerprint_stages, open_code_cache)
+from pivot_supervise.workers._loader import load_pipeline
+root, state = Path(sys.argv[1]), Path(sys.argv[2])
+loaded = load_pipeline(root, "pipeline.py", "params.toml", fingerprints=False)
+cache = open_code_cache(state)
+stats = ReplayStats()
+prints = fingerprint_stages(loaded.functions, root, cache=cache, stats=stats)
+cache.save()
+print(json.dumps({"codes": {name: fp.code for name, fp in prints.items()},
+                  "parts": {name: dict(fp.parts) for name, fp in prints.items()},
+                  "replayed": stats.replayed}))
+"""
+
+
+def test_a_fresh_process_replays_another_process_walk(tmp_path: Path) -> None:
+    """What watch mode does: each generation's worker replays the previous one's walk."""
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    state = tmp_path / "children"
+    walked = python_json(CHILD, str(tmp_path), str(state), env={"PYTHONHASHSEED": "1"})
+    replayed = python_json(CHILD, str(tmp_path), str(state), env={"PYTHONHASHSEED": "2"})
+    write(tmp_path, {"helpers.py": edit(textwrap.dedent(HELPERS), "factor=2", "factor=5")})
+    edited = python_json(CHILD, str(tmp_path), str(state), env={"PYTHONHASHSEED": "3"})
+    assert (walked["replayed"], replayed["replayed"], edited["replayed"]) == (False, True, True)
+    assert replayed["codes"] == walked["codes"]
+    assert replayed["parts"] == walked["parts"]
+    assert {name for name in edited["codes"] if edited["codes"][name] != walked["codes"][name]} == {
+        "a",
+        "b",
+    }
+    # And a walk of the edited project agrees, part by part.
+    fresh = python_json(CHILD, str(tmp_path), str(tmp_path / "empty"))
+    assert not fresh["replayed"]
+    assert (fresh["codes"], fresh["parts"]) == (edited["codes"], edited["parts"])
+
+
+def test_a_replay_keeps_the_analyses_of_the_code_it_did_not_look_at(tmp_path: Path) -> None:
+    """A replay looks no analysis up for the code it finds unchanged; the file it saves
+    must still hold them, or the next walk would analyse everything again."""
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    fingerprint(tmp_path)
+    write(tmp_path, {"helpers.py": edit(textwrap.dedent(HELPERS), "factor=2", "factor=5")})
+    _, stats = fingerprint(tmp_path)  # replayed: helpers.py analysed again, saved
+    assert stats.replayed
+    loaded = load_pipeline(tmp_path, "pipeline.py", "params.toml", fingerprints=False)
+    cache = open_code_cache(tmp_path / "state")
+    fingerprint_stages(
+        loaded.functions, tmp_path, modules=loaded.modules, cache=cache, replay=False
+    )
+    assert cache.misses == 0
+    assert cache.hits > 0
