@@ -63,7 +63,7 @@ from pivot_supervise._state_dir import make_state_dir, seal, unseal, write_atomi
 
 from ._imports import last_compilation
 
-__all__ = ["Analysis", "CacheKey", "CodeAnalysisCache"]
+__all__ = ["Analysis", "CacheKey", "CodeAnalysisCache", "follow"]
 
 #: Bumped when the file's layout or the numbering of positions changes (what an entry
 #: means is the caller's ``version``).
@@ -167,16 +167,19 @@ class CodeAnalysisCache:
         self.misses += 1
         self._used.setdefault(digest, {})[position] = entry
 
-    def positions(self, filename: str, codes: list[types.CodeType]) -> tuple[str, list[int | None]]:
-        """The digest of ``filename``'s last compilation and the position of each of
-        ``codes`` in it (``None``: not part of it), as :meth:`lookup` names them.
-
-        ``("", [None, ...])`` if our loader never compiled ``filename``.
-        """
+    def compiled(self, filename: str) -> tuple[str, types.CodeType] | None:
+        """The source digest and module code of ``filename``'s last compilation by our
+        loader, if any (see :meth:`code_path`)."""
         compilation = self._compilation(filename)
-        if compilation is None:
-            return "", [None] * len(codes)
-        return compilation.digest, compilation.positions_of(codes)
+        return (compilation.digest, compilation.module_code) if compilation else None
+
+    def code_path(self, code: types.CodeType) -> tuple[int, ...] | None:
+        """Where ``code`` is in the tree of its file's last compilation: the indices in
+        ``co_consts`` that lead to it from the module code (see :func:`follow`);
+        ``None`` if it is not there.  Cheaper to follow than a position is to number: a
+        module-level function's path is one index."""
+        compilation = self._compilation(code.co_filename)
+        return compilation.path(code) if compilation is not None else None
 
     def keep(self, digest: str) -> None:
         """Carry the stored analyses of the source ``digest`` over to the next file,
@@ -236,6 +239,17 @@ def _own_digest() -> str:
         return ""
 
 
+def follow(module_code: types.CodeType, path: tuple[int, ...]) -> object:
+    """The constant at ``path`` in the tree of ``module_code`` (``None`` if none is)."""
+    found: object = module_code
+    for index in path:
+        consts: tuple[object, ...] = getattr(found, "co_consts", ())
+        if index >= len(consts):
+            return None
+        found = consts[index]
+    return found
+
+
 def _parse(data: bytes, header: _Header) -> _Content:
     """The entries and graph of a cache file's bytes; nothing if they are not a healthy
     file of ours."""
@@ -269,7 +283,7 @@ class _Compilation:
     one), and the comprehensions and lambdas inside functions are many.
     """
 
-    __slots__ = ("_count", "_level", "digest", "module_code", "positions")
+    __slots__ = ("_count", "_level", "_paths", "digest", "module_code", "positions")
 
     def __init__(self, digest: str, module_code: types.CodeType) -> None:
         self.digest = digest
@@ -279,6 +293,20 @@ class _Compilation:
         self.positions = {id(module_code): 0}
         self._count = 1
         self._level = [module_code]
+        self._paths: dict[int, tuple[int, ...]] | None = None
+
+    def path(self, code: types.CodeType) -> tuple[int, ...] | None:
+        """See :meth:`CodeAnalysisCache.code_path` (the tree is indexed at the first call)."""
+        if self._paths is None:
+            self._paths = {}
+            todo: list[tuple[types.CodeType, tuple[int, ...]]] = [(self.module_code, ())]
+            while todo:
+                parent, path = todo.pop()
+                for index, const in enumerate(parent.co_consts):
+                    if type(const) is types.CodeType:
+                        self._paths.setdefault(id(const), (*path, index))
+                        todo.append((const, (*path, index)))
+        return self._paths.get(id(code))
 
     def position(self, code: types.CodeType) -> int | None:
         """Where ``code`` sits in this compilation, or ``None`` if it is not part of it."""
@@ -287,14 +315,6 @@ class _Compilation:
             self._number_next_level()
             position = self.positions.get(id(code))
         return position
-
-    def positions_of(self, codes: list[types.CodeType]) -> list[int | None]:
-        """:meth:`position` of each of ``codes``, a level of the tree at a time."""
-        found = list(map(self.positions.get, map(id, codes)))
-        while None in found and self._level:
-            self._number_next_level()
-            found = list(map(self.positions.get, map(id, codes)))
-        return found
 
     def _number_next_level(self) -> None:
         level = [

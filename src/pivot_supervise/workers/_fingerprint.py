@@ -233,14 +233,13 @@ def _replayed(
     if any(obj is ABSENT for obj in objects):
         return None
     scratch = _Graph(modules)
-    same, failed = replay.unchanged(objects, cache.positions, scratch.plain_text, modules)
+    same, failed = replay.unchanged(objects, cache.compiled, scratch.plain_text, modules)
     rebuilt = [index for index, kept in enumerate(same) if not kept]
     graph = _Graph(modules, cache)
     if not graph.seed(replay, objects, rebuilt):
         return None
-    for stage, func in functions.items():
-        if graph.root(stage, func) != recording.stages[stage][0]:
-            return None
+    if any(graph.by_id(func) != recording.stages[stage][0] for stage, func in functions.items()):
+        return None  # a stage's function is not the recorded root: walked afresh
     graph.build()
     if len(graph.nodes) != len(recording.labels):
         return None
@@ -777,6 +776,10 @@ class _Graph:
         self._pending.extend(rebuilt)
         return True
 
+    def by_id(self, obj: object) -> int | None:
+        """The index of the node of ``obj``, if it has one (constants do not)."""
+        return self._by_id.get(id(obj))
+
     def plain_text(self, value: object) -> str | None:
         """How a walk serialises ``value`` (a defaults tuple); ``None`` if that reaches
         project code (so this graph is for rendering only)."""
@@ -904,7 +907,11 @@ class _Graph:
         key = self._keys.get(id(code))
         info = self._codes.get(id(code))
         known = self._bindings.get(id(func.__globals__))
+        cache = self._cache
         if key is None or info is None or info[3] or known is None or not known.findable:
+            return None
+        path = cache.code_path(code) if cache is not None else None
+        if path is None:
             return None
         text = None
         defaults = func.__defaults__
@@ -917,7 +924,7 @@ class _Graph:
             known.name,
             code.co_filename,
             key[0],
-            key[1],
+            path,
             func.__qualname__,
             func.__module__,
             text,

@@ -9,9 +9,9 @@ nearly every node comes out exactly as before.  So the last walk is kept (a
 - each node is found again where the walk found it (a module's global, a class's
   attribute, a wrapper's ``__wrapped__``, a closure cell, a stage's function);
 - a plain function (no closure, no keyword defaults, no ``__wrapped__``, no import in its
-  body, defaults without project code) is unchanged if its code is the same code of the
-  same source (the code cache's name for it), it runs in the same module's globals,
-  its names and defaults read the same;
+  body, defaults without project code) is unchanged if its code is the one at the same
+  place in the compilation of the same source (what the code cache names it by too),
+  it runs in the same module's globals, and its names and defaults read the same;
 - every name the walk looked up in a module's globals is bound as before: to the object
   found again for the same node, to the same module, to no value, or to a library object
   of the same name.
@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, cast
 
+from ._codecache import follow
+
 __all__ = [
     "ABSENT",
     "Check",
@@ -61,9 +63,12 @@ ABSENT: Any = object()
 #: A parent node is always found before its children (its index is lower).
 Locator = tuple[Any, ...]
 #: What a plain function node is checked against: (module of its globals, its code's
-#: ``co_filename``, the source digest and position naming its code, ``__qualname__``,
-#: ``__module__``, the text of its defaults or ``None``).
-Check = tuple[str, str, str, int, str, str, str | None]
+#: ``co_filename``, the digest of the source its code was compiled from and where in
+#: that compilation's tree it is (see :meth:`._codecache.CodeAnalysisCache.code_path`),
+#: ``__qualname__``, ``__module__``, the text of its defaults or ``None``).
+Check = tuple[str, str, str, tuple[int, ...], str, str, str | None]
+#: The source digest and module code of a file's last compilation by our loader.
+Compiled = Callable[[str], tuple[str, types.CodeType] | None]
 #: What a name looked up in a module was bound to: a node's index (the same object as
 #: that node), ``-1`` (unbound), a module's name (that module), ``("x", text)`` (a
 #: library object of that rendering), ``False`` (not checkable: always re-walked).
@@ -220,20 +225,19 @@ class Replay:
     def unchanged(
         self,
         objects: list[Any],
-        positions: Callable[[str, list[types.CodeType]], tuple[str, list[int | None]]],
+        compiled: Compiled,
         defaults_text: Callable[[object], str | None],
         modules: Mapping[str, object],
     ) -> tuple[list[bool], set[str]]:
         """Which nodes keep their recorded digest and edges (see the module doc), and
         the modules whose names are not all bound as recorded.
 
-        ``positions`` names code as the code cache does
-        (:meth:`._codecache.CodeAnalysisCache.positions`); ``defaults_text`` renders a
-        defaults tuple as a walk does, ``None`` if it reaches project code; ``modules``
-        are the project's.
+        ``compiled`` is :meth:`._codecache.CodeAnalysisCache.compiled`;
+        ``defaults_text`` renders a defaults tuple as a walk does, ``None`` if it
+        reaches project code; ``modules`` are the project's.
         """
         same = [False] * len(objects)
-        checker = _Checker(positions, defaults_text)
+        checker = _Checker(compiled, defaults_text)
         for group in self._groups:
             group.check(objects, same, checker)
         failed: set[str] = set()
@@ -262,14 +266,28 @@ class Replay:
 class _Group:
     """The plain functions of one module's globals whose code is in one file."""
 
-    __slots__ = ("defaults", "filename", "indices", "module", "names", "positions", "source")
+    __slots__ = (
+        "defaults",
+        "filename",
+        "indices",
+        "module",
+        "names",
+        "paths",
+        "source",
+        "top_level",
+    )
 
     def __init__(self, module: str, filename: str, indices: list[int], checks: list[Check]) -> None:
         self.module = module
         self.filename = filename
         self.indices = indices
         self.source = {check[2] for check in checks}
-        self.positions = [check[3] for check in checks]
+        self.paths = [check[3] for check in checks]
+        #: Where each function's code is in the module code's constants, if every one
+        #: is defined at module level (the common case, checked in one pass).
+        self.top_level = (
+            [path[0] for path in self.paths] if all(len(p) == 1 for p in self.paths) else None
+        )
         self.names = [(check[4], check[5]) for check in checks]
         self.defaults = [check[6] for check in checks]
 
@@ -285,10 +303,11 @@ class _Group:
             kept = [i for i, func in enumerate(funcs) if type(func) is _FUNCTION]
             self._check_some(kept, funcs, namespace, same, checker)
             return
-        digest, found = checker.positions(self.filename, list(map(_CODE, funcs)))
+        compiled = checker.compiled(self.filename)
         if (
-            digest in self.source
-            and found == self.positions
+            compiled is not None
+            and compiled[0] in self.source
+            and self._same_code(compiled[1], funcs)
             and set(map(id, map(_GLOBALS, funcs))) == {id(namespace)}
             and set(map(_CLOSURE_AND_KWDEFAULTS, funcs)) <= _PLAIN_EXTRAS
             and set(map(getattr, funcs, repeat("__wrapped__"), repeat(None))) == _NOTHING
@@ -300,6 +319,19 @@ class _Group:
             return
         self._check_some(list(range(len(funcs))), funcs, namespace, same, checker)
 
+    def _same_code(self, module_code: types.CodeType, funcs: list[Any]) -> bool:
+        """Whether each function runs the code at its recorded place in the tree."""
+        if self.top_level is not None:
+            consts = module_code.co_consts
+            if max(self.top_level, default=-1) >= len(consts):
+                return False
+            expected = map(consts.__getitem__, self.top_level)
+            return all(map(operator.is_, map(_CODE, funcs), expected))
+        return all(
+            follow(module_code, path) is func.__code__
+            for path, func in zip(self.paths, funcs, strict=True)
+        )
+
     def _check_some(
         self,
         members: list[int],
@@ -309,15 +341,13 @@ class _Group:
         checker: _Checker,
     ) -> None:
         """The group's check, one function at a time (after the whole group failed it)."""
-        if not members:
+        compiled = checker.compiled(self.filename)
+        if compiled is None or compiled[0] not in self.source:
             return
-        digest, found = checker.positions(self.filename, [funcs[i].__code__ for i in members])
-        if digest not in self.source:
-            return
-        for member, position in zip(members, found, strict=True):
+        for member in members:
             func = funcs[member]
             if (
-                position == self.positions[member]
+                follow(compiled[1], self.paths[member]) is func.__code__
                 and func.__globals__ is namespace
                 and func.__closure__ is None
                 and func.__kwdefaults__ is None
@@ -329,17 +359,13 @@ class _Group:
 
 
 class _Checker:
-    """What checking functions needs from the walk: the code cache's names for code, and
+    """What checking functions needs from the walk: the code cache's compilations, and
     the rendering of defaults (once per tuple: a module's functions share them)."""
 
-    __slots__ = ("_render", "_texts", "positions")
+    __slots__ = ("_render", "_texts", "compiled")
 
-    def __init__(
-        self,
-        positions: Callable[[str, list[types.CodeType]], tuple[str, list[int | None]]],
-        render: Callable[[object], str | None],
-    ) -> None:
-        self.positions = positions
+    def __init__(self, compiled: Compiled, render: Callable[[object], str | None]) -> None:
+        self.compiled = compiled
         self._render = render
         self._texts: dict[int, str | None] = {}
 
