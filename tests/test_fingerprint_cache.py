@@ -332,3 +332,25 @@ def test_without_debug_ranges_two_lambdas_on_one_line_are_still_told_apart(
     assert edited["cached"] != warm["cached"]
     # And a process with debug ranges reads the same file and agrees.
     assert fingerprint_in_child(tmp_path, state)["cached"] == edited["cached"]
+
+
+def test_a_load_can_leave_the_save_to_a_background_thread(tmp_path: Path) -> None:
+    """What a validating worker does: answer first, write the cache file behind."""
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    state = tmp_path / STATE_DIR
+    loaded = load_pipeline(tmp_path, "pipeline.py", "params.toml", save_cache=False)
+    unsaved = loaded.unsaved_cache
+    assert unsaved is not None
+    assert not list(state.glob("code-analyses.*.bin")), "save_cache=False wrote the file"
+    thread = unsaved.save_in_background()
+    assert thread is not None
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert unsaved.write_error is None
+    cache = open_code_cache(state)
+    assert fingerprints(tmp_path, cache) == fingerprints(tmp_path)
+    assert (cache.hits, cache.misses) == (4, 0)
+    # Nothing new the next time: no thread at all.
+    again = load_pipeline(tmp_path, "pipeline.py", "params.toml", save_cache=False)
+    assert again.unsaved_cache is not None
+    assert again.unsaved_cache.save_in_background() is None

@@ -27,7 +27,10 @@ import pytest
 from loky.backend import get_context
 from loky.process_executor import TerminatedWorkerError
 
+from pivot_supervise._state_dir import STATE_DIR
 from pivot_supervise.pipeline._model import StageOutcome
+from pivot_supervise.workers._fingerprint import ReplayStats, fingerprint_stages, open_code_cache
+from pivot_supervise.workers._loader import load_pipeline
 from pivot_supervise.workers._tasks import (
     LoadReply,
     LoadRequest,
@@ -181,6 +184,30 @@ def test_a_loaded_worker_keeps_what_it_loaded_out_of_full_collections(project: P
         after = executor.submit(frozen_objects).result(timeout=TIMEOUT_S)
     assert before == 0
     assert after > 1000, "the modules and the pipeline the worker loaded are frozen"
+
+
+def saves_done() -> bool:
+    """Wait in a worker for the code cache writes it runs behind its replies."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "pivot-supervise-cache-save":
+            thread.join(TIMEOUT_S)
+            if thread.is_alive():
+                return False
+    return True
+
+
+def test_the_validating_worker_writes_the_code_cache_after_it_answered(project: Path) -> None:
+    with generation() as executor:
+        load(executor, project, 1)
+        assert executor.submit(saves_done).result(timeout=TIMEOUT_S), "the save never ended"
+    cache = open_code_cache(project / STATE_DIR)
+    assert cache.graph is not None, "no cache file, or one without the walk of the graph"
+    stats = ReplayStats()
+    loaded = load_pipeline(project, "pipeline.py", "params.toml", fingerprints=False)
+    fingerprint_stages(loaded.functions, project, modules=loaded.modules, cache=cache, stats=stats)
+    assert stats.replayed, "the worker's walk of the graph was not replayed"
 
 
 def test_a_load_failure_is_a_reply_not_an_exception(project: Path) -> None:

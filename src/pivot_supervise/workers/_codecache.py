@@ -55,6 +55,8 @@ import hashlib
 import itertools
 import marshal
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 from typing import cast
@@ -221,6 +223,26 @@ class CodeAnalysisCache:
             self.write_error = f"cannot write {self.path}: {exc}"
         else:
             self.write_error = None
+
+    def save_in_background(self) -> threading.Thread | None:
+        """:meth:`save` in a daemon thread started now; ``None`` if there is nothing to
+        write.  For a worker that should answer first: the thread hands the interpreter
+        back at once and encodes once the caller next waits (sending its reply, say).
+
+        The file is replaced atomically, so a reader sees the old file or the new one; a
+        process that exits before the write is done only costs the next load time.
+        """
+        if not self.misses and not self._graph_changed:
+            return None
+        thread = threading.Thread(
+            target=self._save_after_yielding, name="pivot-supervise-cache-save", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def _save_after_yielding(self) -> None:
+        time.sleep(0)  # releases the interpreter to the thread that started this one
+        self.save()
 
 
 def cache_file(directory: Path) -> Path:

@@ -32,6 +32,7 @@ from pivot_supervise.pipeline._model import PipelineSnapshot, StageSpec
 from pivot_supervise.pipeline._paths import normalize_stage_path
 from pivot_supervise.pipeline._registry import REGISTRY, Registration
 
+from ._codecache import CodeAnalysisCache
 from ._fingerprint import (
     fingerprint_stages,
     open_code_cache,
@@ -90,15 +91,25 @@ class LoadedPipeline:
     #: The project modules the load imported, by name (scanned once, shared by the
     #: fingerprints, the code digest and the validated source overlay).
     modules: Mapping[str, Path] = field(default_factory=dict[str, Path])
+    #: The code cache the fingerprints used, if ``save_cache=False`` left saving it to
+    #: the caller (``None``: saved, or not used).
+    unsaved_cache: CodeAnalysisCache | None = None
 
 
 def load_pipeline(
-    project_root: Path, pipeline_file: str, params_file: str, *, fingerprints: bool = True
+    project_root: Path,
+    pipeline_file: str,
+    params_file: str,
+    *,
+    fingerprints: bool = True,
+    save_cache: bool = True,
 ) -> LoadedPipeline:
     """Import ``pipeline_file`` (relative to ``project_root``) and validate the pipeline.
 
     With ``fingerprints=False`` the stages carry no code or params fingerprints (what a
-    benchmark needs to time the load without them; incremental runs need them).
+    benchmark needs to time the load without them; incremental runs need them).  With
+    ``save_cache=False`` the code cache the fingerprints used is not written, but left
+    in :attr:`LoadedPipeline.unsaved_cache` (a worker writes it after it answered).
 
     Project code is always compiled from source (see :mod:`._imports`), and project
     modules imported by an earlier load in this process are purged first, so the load
@@ -107,7 +118,9 @@ def load_pipeline(
     """
     root = project_root.resolve()
     with _as_load_error(root):
-        return _load(root, pipeline_file, params_file, fingerprints=fingerprints)
+        return _load(
+            root, pipeline_file, params_file, fingerprints=fingerprints, save_cache=save_cache
+        )
 
 
 @contextlib.contextmanager
@@ -188,6 +201,7 @@ def _load(
     overlay: SourceOverlay | None = None,
     *,
     fingerprints: bool = True,
+    save_cache: bool = True,
 ) -> LoadedPipeline:
     module_name = _module_name(root, pipeline_file, must_exist=overlay is None)
     root_entry = str(root)
@@ -240,8 +254,14 @@ def _load(
     # A load from a validated overlay keeps the validated fingerprints (see load_validated).
     modules = project_module_files(root, among=sys.modules.keys() - before)
     stages = graph.stages
+    unsaved: CodeAnalysisCache | None = None
     if overlay is None and fingerprints:
-        stages = tuple(_with_fingerprints(stages, functions, root, modules))
+        cache = open_code_cache(root / STATE_DIR)
+        stages = tuple(_with_fingerprints(stages, functions, root, modules, cache))
+        if save_cache:
+            cache.save()
+        else:
+            unsaved = cache
     # Validated and ordered already: no second graph.
     snapshot = PipelineSnapshot(stages, tuple(warnings), _code_digest(modules))
     return LoadedPipeline(
@@ -250,6 +270,7 @@ def _load(
         project_root=root,
         params_source=params_source,
         modules=modules,
+        unsaved_cache=unsaved,
     )
 
 
@@ -258,15 +279,15 @@ def _with_fingerprints(
     functions: Mapping[str, StageFunction],
     root: Path,
     modules: Mapping[str, Path],
+    cache: CodeAnalysisCache,
 ) -> list[StageSpec]:
     """Each spec with its code and params fingerprints, computed here, next to the code.
 
-    Code analyses are reused from, and saved to, the project's state directory: the
-    previous generation analysed every file this save did not touch.
+    The ``cache`` of the project's state directory serves code analyses and the last
+    walk of the graph: the previous generation fingerprinted every file this save did
+    not touch.
     """
-    cache = open_code_cache(root / STATE_DIR)
     prints = fingerprint_stages(functions, root, modules=modules, cache=cache)
-    cache.save()
     # Built whole rather than with dataclasses.replace, which costs ~4x as much per
     # stage.  ``parts`` is a fresh dict per stage: no copy needed.
     return [
