@@ -107,19 +107,22 @@ def projects(draw: st.DrawFn) -> Project:
 
 
 def fingerprint_codes(root: Path, files: dict[str, str]) -> dict[str, str]:
-    """Write the files, load, fingerprint; check that the code analysis cache agrees.
+    """Write the files, load, fingerprint; check that the code cache agrees.
 
-    The cache lives in the project, so a second call in the same root (the edited or
-    dressed project) finds the analyses of the first.
+    The caches live in the project, so a second call in the same root (the edited or
+    dressed project) finds the analyses of the first and replays its walk: both the
+    loader's (in the state directory) and one of this test's own.
     """
     for name, text in files.items():
         (root / name).write_text(text)
     loaded = load_pipeline(root, "pipeline.py", "params.toml")
-    codes = {name: fp.code for name, fp in fingerprint_stages(loaded.functions, root).items()}
+    walked = fingerprint_stages(loaded.functions, root)
+    codes = {name: fp.code for name, fp in walked.items()}
     cache = open_code_cache(root / "cache-state")
     cached = fingerprint_stages(loaded.functions, root, cache=cache)
     cache.save()
-    assert {name: fp.code for name, fp in cached.items()} == codes
+    assert cached == walked
+    assert {stage.name: stage.code_fingerprint for stage in loaded.snapshot.stages} == codes
     return codes
 
 
@@ -136,6 +139,20 @@ def test_cosmetic_changes_never_change_generated_fingerprints(
         plain = fingerprint_codes(root, project.files())
         dressed = fingerprint_codes(root, project.files(cosmetic=True, order=tuple(order)))
     assert dressed == plain
+
+
+@SETTINGS
+@given(first=projects(), second=projects())
+def test_any_project_after_any_other_fingerprints_as_a_walk_does(
+    first: Project, second: Project
+) -> None:
+    """Whatever a save changes (calls, constants, helpers added or gone), the replay of
+    the last walk agrees with a walk afresh: ``fingerprint_codes`` checks each load."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        fingerprint_codes(root, first.files())
+        fingerprint_codes(root, second.files())
+        fingerprint_codes(root, first.files(cosmetic=True))
 
 
 @SETTINGS

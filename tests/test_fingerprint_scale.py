@@ -40,10 +40,11 @@ def test_two_hundred_stages_reach_exactly_their_helpers(tmp_path: Path) -> None:
 
 def test_the_benchmark_runs_and_checks_what_it_measures(capsys) -> None:
     # Tiny sizes, two rounds: the benchmark's own checks (right functions reached, the
-    # cache never changing a fingerprint) run; its timings are not looked at.
+    # cache never changing a fingerprint, replays where due) run; its timings are not
+    # looked at.
     load_benchmark().main(["--stages", "4", "--functions", "40", "--repeat", "2"])
     rows = capsys.readouterr().out.splitlines()[2:]
-    assert len(rows) == 8  # four cache states, in a fresh process and in this one
+    assert len(rows) == 10  # five cache states, in a fresh process and in this one
     warm = [row for row in rows if row[18:].startswith("warm ")]
     assert len(warm) == 2
-    assert all(row.endswith(" served, 0 made") for row in warm)
+    assert all(" replayed: " in row and row.endswith(", 0 made") for row in warm)

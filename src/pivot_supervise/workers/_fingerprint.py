@@ -67,7 +67,7 @@ import sys
 import types
 import weakref
 from collections import Counter
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -221,55 +221,65 @@ def _replayed(
     stats: ReplayStats,
 ) -> dict[str, StageFingerprint] | None:
     """The fingerprints from checking the last walk (see :mod:`._replay`); ``None`` when
-    the graph's shape changed and it must be walked afresh."""
+    it must be walked afresh."""
     recording = replay.recording
-    if (
-        not replay.complete
-        or recording.stages.keys() != functions.keys()
-        or recording.modules != tuple(sorted(modules))
-    ):
+    if recording.stages.keys() != functions.keys() or recording.modules != tuple(sorted(modules)):
         return None
     objects = replay.locate(functions)
-    if any(obj is ABSENT for obj in objects):
-        return None
     scratch = _Graph(modules)
     same, failed = replay.unchanged(objects, cache.compiled, scratch.plain_text, modules)
-    rebuilt = [index for index, kept in enumerate(same) if not kept]
     graph = _Graph(modules, cache)
-    if not graph.seed(replay, objects, rebuilt):
-        return None
-    if any(graph.by_id(func) != recording.stages[stage][0] for stage, func in functions.items()):
-        return None  # a stage's function is not the recorded root: walked afresh
+    rebuilt = graph.seed(replay, objects, same)
+    if rebuilt is None or any(
+        graph.by_id(func) != recording.stages[stage][0] for stage, func in functions.items()
+    ):
+        return None  # two nodes are one object now, or a stage has another function
     graph.build()
-    if len(graph.nodes) != len(recording.labels):
-        return None
     nodes = graph.nodes
-    changed: list[int] = []
-    for index in rebuilt:
-        node = nodes[index]
-        if node.label != recording.labels[index] or tuple(node.edges) != recording.edges[index]:
-            return None
-        if node.digest != recording.digests[index]:
-            changed.append(index)
+    # A node relabelled is named in the text of every node that references it.
+    relabelled = {i for i in rebuilt if nodes[i].label != recording.labels[i]}
+    if relabelled:
+        naming = [
+            i
+            for i, kept in enumerate(same)
+            if kept and not relabelled.isdisjoint(recording.edges[i])
+        ]
+        graph.rebuild(naming)
+        graph.build()
+        rebuilt.extend(naming)
+    count = len(recording.labels)
+    changed = [i for i in rebuilt if (nodes[i].label, nodes[i].digest) != recording.pair(i)]
+    reshaped = [i for i in rebuilt if tuple(nodes[i].edges) != recording.edges[i]]
+    if reshaped or len(nodes) > count:
+        unreachable = len(nodes) - len(graph.reachable(replay.roots))
+        if unreachable > max(_GARBAGE_FLOOR, len(nodes) // 4):
+            return None  # walked afresh, which leaves only what is reached
+        # A node with new edges usually has a new digest too, but not always: two
+        # nodes of one label (two lambdas of a module) read the same in its text.
+        changed.extend(reshaped)
+        changed.extend(range(count, len(nodes)))
     for digest in replay.sources(same):
         cache.keep(digest)
-    stages = dict(recording.stages)
     affected = replay.affected(changed)
-    stats.replayed, stats.kept = True, len(nodes) - len(rebuilt)
-    stats.walked, stats.stages = len(rebuilt), len(affected)
+    stats.replayed, stats.reshaped = True, bool(reshaped) or len(nodes) > count
+    stats.kept, stats.walked, stats.stages = sum(same), len(rebuilt), len(affected)
+    stages = dict(recording.stages)
     for stage in affected:
-        root, _, _, _, reach = stages[stage]
-        pairs = sorted({(nodes[i].label, nodes[i].digest) for i in reach})
-        fingerprint = _named_apart(pairs)
-        parts = dict(fingerprint.parts)
-        stages[stage] = (root, fingerprint.code, fingerprint.functions, parts, reach)
-    updated = graph.update(recording, rebuilt, failed, changed, stages)
+        root = stages[stage][0]
+        reach = graph.reachable([root]) if stats.reshaped else stages[stage][4]
+        stages[stage] = graph.stage_record(root, reach)
+    updated = graph.update(recording, rebuilt, failed, stages)
     if updated is not None:
         cache.set_graph(updated.to_data())
     return {
-        stage: StageFingerprint(code, functions_, parts)
-        for stage, (_, code, functions_, parts, _) in stages.items()
+        stage: StageFingerprint(code, names, parts)
+        for stage, (_, code, names, parts, _) in stages.items()
     }
+
+
+#: How many nodes a replayed graph may keep that no stage reaches any more (those of
+#: removed calls, of code no longer found) before it is walked afresh, at the least.
+_GARBAGE_FLOOR = 16
 
 
 @contextlib.contextmanager
@@ -390,7 +400,7 @@ class _Node:
         self.kind = kind
         self.obj = obj
         self.digest = digest
-        self.edges: list[int] = []
+        self.edges: Sequence[int] = ()
 
 
 class _Namespace:
@@ -437,6 +447,64 @@ _CodeInfo = Analysis
 #: binding is still the one looked up), the text, the edges it adds, and the project
 #: module it is, if it is one (its attributes are looked up too).
 _Bound = tuple[object, str, tuple[int, ...], types.ModuleType | None]
+
+
+class _Columns:
+    """A recording's per-node columns as a replay changes them (copied on first write)."""
+
+    def __init__(self, recording: Recording) -> None:
+        self._recording = recording
+        self.labels, self.kinds = recording.labels, recording.kinds
+        self.digests, self.edges = recording.digests, recording.edges
+        self.locators, self.checks = recording.locators, recording.checks
+        self.changed = False
+
+    def _own(self) -> None:
+        if not self.changed:
+            self.changed = True
+            self.labels, self.kinds = list(self.labels), list(self.kinds)
+            self.digests, self.edges = list(self.digests), list(self.edges)
+            self.locators, self.checks = list(self.locators), list(self.checks)
+
+    def set(self, index: int, node: _Node, check: Check | None) -> None:
+        edges = tuple(node.edges)
+        if (node.label, node.digest, edges, check) != (
+            self.labels[index],
+            self.digests[index],
+            self.edges[index],
+            self.checks[index],
+        ):
+            self._own()
+            self.labels[index], self.digests[index] = node.label, node.digest
+            self.edges[index], self.checks[index] = edges, check
+
+    def add(self, node: _Node, locator: Locator | None, check: Check | None) -> None:
+        self._own()
+        self.labels.append(node.label)
+        self.kinds.append(node.kind)
+        self.digests.append(node.digest)
+        self.edges.append(tuple(node.edges))
+        self.locators.append(locator)
+        self.checks.append(check)
+
+    def recording(
+        self,
+        lookups: dict[str, dict[str, Token]],
+        users: dict[str, list[int]],
+        stages: dict[str, StageRecord],
+    ) -> Recording:
+        return Recording(
+            self._recording.modules,
+            self.labels,
+            self.kinds,
+            self.digests,
+            self.edges,
+            self.locators,
+            self.checks,
+            lookups,
+            users,
+            stages,
+        )
 
 
 class _Graph:
@@ -748,33 +816,62 @@ class _Graph:
 
     # ------------------------------------------------------------------ replays
 
-    def seed(self, replay: Replay, objects: list[Any], rebuilt: list[int]) -> bool:
+    def seed(self, replay: Replay, objects: list[Any], same: list[bool]) -> list[int] | None:
         """Take the recorded nodes, found again as ``objects``, with their recorded
-        digests (their edges are not needed); the ``rebuilt`` ones are pending.  ``False``
-        if two recorded nodes are one object now, or one is no longer of its kind."""
+        digests and edges; the others than ``same`` are pending (returned), except those
+        not found again, which stay as dead nodes that nothing references.  ``None`` if
+        two recorded nodes are one object now, or one is no longer of its kind."""
         recording = replay.recording
         nodes = self.nodes = list(
             map(_Node, recording.labels, recording.kinds, objects, recording.digests)
         )
-        identified = replay.identified
+        for node, edges in zip(nodes, recording.edges, strict=True):
+            node.edges = edges
+        identified = [i for i in replay.identified if objects[i] is not ABSENT]
         self._by_id = dict(
             zip(map(id, map(objects.__getitem__, identified)), identified, strict=True)
         )
         if len(self._by_id) != len(identified):
-            return False
-        self._consts = dict(replay.consts)
+            return None
+        self._consts = {key: i for key, i in replay.consts if objects[i] is not ABSENT}
+        rebuilt = [i for i, kept in enumerate(same) if not kept and objects[i] is not ABSENT]
         for index in rebuilt:
+            if not is_kind(objects[index], nodes[index].kind):
+                return None
+        self.rebuild(rebuilt)
+        return rebuilt
+
+    def rebuild(self, indices: list[int]) -> None:
+        """Serialise these seeded nodes again at the next :meth:`build` (their labels now)."""
+        nodes = self.nodes
+        for index in indices:
             node = nodes[index]
-            obj, kind = node.obj, node.kind
-            if not is_kind(obj, kind):
-                return False
-            if kind == "function":
+            obj = node.obj
+            if node.kind == "function":
                 node.label = _function_label(cast("types.FunctionType", obj))
-            elif kind == "class":
+            elif node.kind == "class":
                 node.label = _class_label(cast("type", obj))
             node.digest = ""
-        self._pending.extend(rebuilt)
-        return True
+        self._pending.extend(indices)
+
+    def reachable(self, roots: Iterable[int]) -> set[int]:
+        """The nodes reached from ``roots``, themselves included."""
+        nodes = self.nodes
+        seen = set(roots)
+        todo = list(seen)
+        while todo:
+            for target in nodes[todo.pop()].edges:
+                if target not in seen:
+                    seen.add(target)
+                    todo.append(target)
+        return seen
+
+    def stage_record(self, root: int, reach: Iterable[int]) -> StageRecord:
+        """A stage's fingerprint from the nodes it reaches (see :meth:`stage_fingerprints`)."""
+        nodes = self.nodes
+        fingerprint = _named_apart(sorted({(nodes[i].label, nodes[i].digest) for i in reach}))
+        parts = dict(fingerprint.parts)
+        return root, fingerprint.code, fingerprint.functions, parts, tuple(sorted(reach))
 
     def by_id(self, obj: object) -> int | None:
         """The index of the node of ``obj``, if it has one (constants do not)."""
@@ -840,21 +937,19 @@ class _Graph:
         recording: Recording,
         rebuilt: list[int],
         failed: set[str],
-        changed: list[int],
         stages: dict[str, StageRecord],
     ) -> Recording | None:
-        """``recording`` after a replay that serialised the ``rebuilt`` nodes again
-        (``changed``: those whose digest changed; ``failed``: the modules whose names
+        """``recording`` after a replay that serialised the ``rebuilt`` nodes again and
+        made any node from the recorded count on (``failed``: the modules whose names
         were not all bound as recorded).  ``None`` if nothing changed."""
         nodes = self.nodes
-        checks = recording.checks
-        new_checks = checks
+        count = len(recording.labels)
+        columns = _Columns(recording)
         for index in rebuilt:
-            check = self._check(nodes[index])
-            if check != checks[index]:
-                if new_checks is checks:
-                    new_checks = list(checks)
-                new_checks[index] = check
+            node = nodes[index]
+            columns.set(index, node, self._check(node))
+        for index in range(count, len(nodes)):
+            columns.add(nodes[index], self.locators.get(index), self._check(nodes[index]))
         lookups = recording.lookups
         new_lookups = {module: lookups[module] for module in lookups if module not in failed}
         lookups_changed = bool(failed)
@@ -874,23 +969,9 @@ class _Graph:
             if merged != users.get(module):
                 lookups_changed = True
                 users[module] = merged
-        if not changed and new_checks is checks and not lookups_changed:
+        if not columns.changed and not lookups_changed and stages == recording.stages:
             return None
-        digests = list(recording.digests)
-        for index in changed:
-            digests[index] = nodes[index].digest
-        return Recording(
-            recording.modules,
-            recording.labels,
-            recording.kinds,
-            digests,
-            recording.edges,
-            recording.locators,
-            new_checks,
-            new_lookups,
-            users,
-            stages,
-        )
+        return columns.recording(new_lookups, users, stages)
 
     def _check(self, node: _Node) -> Check | None:
         """What a replay checks a plain function node against; ``None``: not plain."""

@@ -10,7 +10,7 @@ nearly every node comes out exactly as before.  So the last walk is kept (a
   attribute, a wrapper's ``__wrapped__``, a closure cell, a stage's function);
 - a plain function (no closure, no keyword defaults, no ``__wrapped__``, no import in its
   body, defaults without project code) is unchanged if its code is the one at the same
-  place in the compilation of the same source (what the code cache names it by too),
+  place in the compilation of the same source,
   it runs in the same module's globals, and its names and defaults read the same;
 - every name the walk looked up in a module's globals is bound as before: to the object
   found again for the same node, to the same module, to no value, or to a library object
@@ -18,11 +18,15 @@ nearly every node comes out exactly as before.  So the last walk is kept (a
 
 A node that passes keeps its recorded digest and edges.  Every other node found again
 (a changed function, a class, a constant, a closure...) is serialised and hashed as in a
-full walk.  If the walk then finds the graph's *shape* unchanged (the same nodes, labels
-and edges), only the stages that reach a node whose digest changed are fingerprinted
-again; otherwise the caller walks the whole graph afresh.  The result is the same as a
-full walk's, exactly: the checks cover everything a node's text is made of, and anything
-they cannot cover is hashed again.
+full walk, and so is whatever new it references.  Only the stages that reach a node
+whose label, digest or edges changed are fingerprinted again: through their recorded
+nodes if the graph's shape is unchanged, through the graph as it is now otherwise.  The
+result is the same as a full walk's, exactly: the checks cover everything a node's text
+is made of, and anything they cannot cover is hashed again.
+
+Nodes no stage reaches any more (a call removed, code no longer found) stay in the
+recording until they are a quarter of it; then the graph is walked afresh.  So is one
+whose stages or project modules changed, or where two recorded nodes are one object now.
 
 What this saves is the serialising and hashing of every unchanged node, and the ranking
 and reachability over the whole graph; what it costs is a few lookups per node, done a
@@ -97,6 +101,8 @@ class ReplayStats:
     fingerprinted (for tests and benchmarks)."""
 
     replayed: bool = False
+    #: Whether the replay found the graph's shape changed (edges, new nodes).
+    reshaped: bool = False
     kept: int = 0
     walked: int = 0
     stages: int = 0
@@ -120,6 +126,10 @@ class Recording:
     lookups: dict[str, dict[str, Token]]
     users: dict[str, list[int]]
     stages: dict[str, StageRecord]
+
+    def pair(self, index: int) -> tuple[str, str]:
+        """A node's label and digest."""
+        return self.labels[index], self.digests[index]
 
     def to_data(self) -> tuple[object, ...]:
         return (
@@ -197,9 +207,8 @@ class Replay:
             for module, names in recording.lookups.items()
         ]
         self._reach = {stage: frozenset(record[4]) for stage, record in recording.stages.items()}
-        #: Whether every node has a locator: a node that cannot be found again would be
-        #: met as a new one, and the replay given up.
-        self.complete = None not in recording.locators
+        #: The stages' root nodes.
+        self.roots = [record[0] for record in recording.stages.values()]
 
     # ------------------------------------------------------------------ finding nodes
 
@@ -432,13 +441,16 @@ class _Lookups:
                 self.checkable = False
 
     def hold(self, objects: list[Any], modules: Mapping[str, object]) -> bool:
-        """Whether every name is bound as recorded (every node was found again)."""
+        """Whether every name is bound as recorded."""
         module = sys.modules.get(self.module)
         if not self.checkable or type(module) is not types.ModuleType:
             return False
         namespace = vars(module)
+        expected = list(map(objects.__getitem__, self.nodes))
+        if any(map(operator.is_, expected, repeat(ABSENT))):
+            return False  # a node not found again cannot stand for an unbound name
         found = map(namespace.get, self.node_names, repeat(ABSENT))
-        if not all(map(operator.is_, found, map(objects.__getitem__, self.nodes))):
+        if not all(map(operator.is_, found, expected)):
             return False
         if not namespace.keys().isdisjoint(self.unbound):
             return False
