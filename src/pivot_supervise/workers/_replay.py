@@ -10,8 +10,8 @@ nearly every node comes out exactly as before.  So the last walk is kept (a
   attribute, a wrapper's ``__wrapped__``, a closure cell, a stage's function);
 - a plain function (no closure, no keyword defaults, no ``__wrapped__``, no import in its
   body, defaults without project code) is unchanged if its code is the one at the same
-  place in the compilation of the same source,
-  it runs in the same module's globals, and its names and defaults read the same;
+  place in the compilation of the same source, it runs in the same module's globals,
+  and its names and defaults read the same;
 - every name the walk looked up in a module's globals is bound as before: to the object
   found again for the same node, to the same module, to no value, or to a library object
   of the same name.
