@@ -337,15 +337,20 @@ def test_defaults_computed_at_import_time_are_serialised_again(
     assert changed(before, after) == {"a", "b"}
 
 
-def test_a_stage_added_or_removed_is_walked_afresh(tmp_path: Path) -> None:
+def test_a_stage_added_or_removed_is_followed_through_the_graph(tmp_path: Path) -> None:
     write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
     before, _ = fingerprint(tmp_path)
     extra = '\n@stage(outs=["d.txt"])\ndef d():\n    return scale(1)\n'
     write(tmp_path, {"pipeline.py": textwrap.dedent(PIPELINE) + extra})
-    after, stats = fingerprint(tmp_path)
-    assert not stats.replayed
-    assert set(after) == {*before, "d"}
-    assert all(after[name] == before[name] for name in before)
+    added, stats = fingerprint(tmp_path)
+    assert (stats.replayed, stats.reshaped) == (True, True)
+    assert set(added) == {*before, "d"}
+    assert {name for name in before if added[name] != before[name]} == set()
+    assert stats.stages == 1  # d alone: the others reach nothing that changed
+    write(tmp_path, {"pipeline.py": PIPELINE})
+    removed, stats = fingerprint(tmp_path)
+    assert (stats.replayed, stats.reshaped) == (True, True)
+    assert removed == before
 
 
 def test_code_found_anew_at_every_load_is_walked_afresh_once_it_piles_up(

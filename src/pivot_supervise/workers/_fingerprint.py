@@ -223,17 +223,25 @@ def _replayed(
     """The fingerprints from checking the last walk (see :mod:`._replay`); ``None`` when
     it must be walked afresh."""
     recording = replay.recording
-    if recording.stages.keys() != functions.keys() or recording.modules != tuple(sorted(modules)):
-        return None
+    if recording.modules != tuple(sorted(modules)):
+        return None  # what is project code and what is not may differ
     objects = replay.locate(functions)
     scratch = _Graph(modules)
     same, failed = replay.unchanged(objects, cache.compiled, scratch.plain_text, modules)
     graph = _Graph(modules, cache)
     rebuilt = graph.seed(replay, objects, same)
-    if rebuilt is None or any(
-        graph.by_id(func) != recording.stages[stage][0] for stage, func in functions.items()
-    ):
-        return None  # two nodes are one object now, or a stage has another function
+    if rebuilt is None:
+        return None  # two nodes are one object now
+    roots: dict[str, int] = {}
+    for stage, func in functions.items():
+        index = graph.by_id(func)
+        roots[stage] = index if index is not None else graph.root(stage, func)
+    # Stages added, or whose function is another one now: followed through the graph.
+    rooted = [
+        stage
+        for stage, index in roots.items()
+        if stage not in recording.stages or recording.stages[stage][0] != index
+    ]
     graph.build()
     nodes = graph.nodes
     # A node relabelled is named in the text of every node that references it.
@@ -250,8 +258,11 @@ def _replayed(
     count = len(recording.labels)
     changed = [i for i in rebuilt if (nodes[i].label, nodes[i].digest) != recording.pair(i)]
     reshaped = [i for i in rebuilt if tuple(nodes[i].edges) != recording.edges[i]]
-    if reshaped or len(nodes) > count:
-        unreachable = len(nodes) - len(graph.reachable(replay.roots))
+    new_shape = (
+        bool(reshaped or rooted) or len(nodes) > count or len(roots) != len(recording.stages)
+    )
+    if new_shape:
+        unreachable = len(nodes) - len(graph.reachable(roots.values()))
         if unreachable > max(_GARBAGE_FLOOR, len(nodes) // 4):
             return None  # walked afresh, which leaves only what is reached
         # A node with new edges usually has a new digest too, but not always: two
@@ -260,20 +271,21 @@ def _replayed(
         changed.extend(range(count, len(nodes)))
     for digest in replay.sources(same):
         cache.keep(digest)
-    affected = replay.affected(changed)
-    stats.replayed, stats.reshaped = True, bool(reshaped) or len(nodes) > count
+    affected = {stage for stage in replay.affected(changed) if stage in roots}
+    affected.update(rooted)
+    stats.replayed, stats.reshaped = True, new_shape
     stats.kept, stats.walked, stats.stages = sum(same), len(rebuilt), len(affected)
-    stages = dict(recording.stages)
+    stages = {stage: recording.stages[stage] for stage in roots if stage not in rooted}
     for stage in affected:
-        root = stages[stage][0]
-        reach = graph.reachable([root]) if stats.reshaped else stages[stage][4]
+        root = roots[stage]
+        reach = graph.reachable([root]) if new_shape else stages[stage][4]
         stages[stage] = graph.stage_record(root, reach)
     updated = graph.update(recording, rebuilt, failed, stages)
     if updated is not None:
         cache.set_graph(updated.to_data())
     return {
         stage: StageFingerprint(code, names, parts)
-        for stage, (_, code, names, parts, _) in stages.items()
+        for stage, (_, code, names, parts, _) in ((s, stages[s]) for s in functions)
     }
 
 
@@ -870,7 +882,7 @@ class _Graph:
         """A stage's fingerprint from the nodes it reaches (see :meth:`stage_fingerprints`)."""
         nodes = self.nodes
         fingerprint = _named_apart(sorted({(nodes[i].label, nodes[i].digest) for i in reach}))
-        parts = dict(fingerprint.parts)
+        parts = cast("dict[str, str]", fingerprint.parts)  # made by _named_apart: a dict
         return root, fingerprint.code, fingerprint.functions, parts, tuple(sorted(reach))
 
     def by_id(self, obj: object) -> int | None:
@@ -1394,7 +1406,8 @@ def _named_apart(pairs: list[tuple[str, str]]) -> StageFingerprint:
             for label, digest in pairs
         )
     parts = dict(pairs)
-    code = _blake("".join(f"{name}\0{digest}\n" for name, digest in pairs))
+    # Each part's line is "name\0digest\n", joined in C.
+    code = _blake("\n".join(map("\0".join, pairs)) + "\n" if pairs else "")
     return StageFingerprint(code=code, functions=tuple(parts), parts=parts)
 
 

@@ -24,9 +24,10 @@ nodes if the graph's shape is unchanged, through the graph as it is now otherwis
 result is the same as a full walk's, exactly: the checks cover everything a node's text
 is made of, and anything they cannot cover is hashed again.
 
-Nodes no stage reaches any more (a call removed, code no longer found) stay in the
-recording until they are a quarter of it; then the graph is walked afresh.  So is one
-whose stages or project modules changed, or where two recorded nodes are one object now.
+A stage added, or whose function is another one now, is followed through the graph.
+Nodes no stage reaches any more (a call or a stage removed, code no longer found) stay
+in the recording until they are a quarter of it; then the graph is walked afresh.  So
+is one whose project modules changed, or where two recorded nodes are one object now.
 
 What this saves is the serialising and hashing of every unchanged node, and the ranking
 and reachability over the whole graph; what it costs is a few lookups per node, done a
@@ -207,8 +208,6 @@ class Replay:
             for module, names in recording.lookups.items()
         ]
         self._reach = {stage: frozenset(record[4]) for stage, record in recording.stages.items()}
-        #: The stages' root nodes.
-        self.roots = [record[0] for record in recording.stages.values()]
 
     # ------------------------------------------------------------------ finding nodes
 
