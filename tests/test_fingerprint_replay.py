@@ -431,3 +431,17 @@ def test_a_replay_keeps_the_analyses_of_the_code_it_did_not_look_at(tmp_path: Pa
     )
     assert cache.misses == 0
     assert cache.hits > 0
+
+
+def test_one_cache_object_replays_its_own_latest_walk(tmp_path: Path) -> None:
+    """A process fingerprinting twice with one cache (no file in between) replays the
+    second time what the first recorded."""
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    loaded = load_pipeline(tmp_path, "pipeline.py", "params.toml", fingerprints=False)
+    cache = open_code_cache(tmp_path / "state")
+    first, second = ReplayStats(), ReplayStats()
+    one = fingerprint_stages(loaded.functions, tmp_path, cache=cache, stats=first)
+    two = fingerprint_stages(loaded.functions, tmp_path, cache=cache, stats=second)
+    assert one == two
+    assert (first.replayed, second.replayed) == (False, True)
+    assert second.stages == 0

@@ -189,7 +189,7 @@ def fingerprint_stages(
             result = graph.stage_fingerprints(roots, reached)
             if cache is not None:
                 recording = graph.recording(roots, result, reached)
-                cache.set_graph(recording.to_data())
+                _record(cache, recording)
             stats.replayed, stats.kept = False, 0
             stats.walked, stats.stages = len(graph.nodes), len(result)
             # Freed while collections are still off: the allocations counted meanwhile
@@ -207,6 +207,12 @@ def _replay_of(cache: CodeAnalysisCache) -> Replay | None:
         recording = Recording.from_data(cache.graph)
         replay = _replays[cache] = Replay(recording) if recording is not None else None
     return replay
+
+
+def _record(cache: CodeAnalysisCache, recording: Recording) -> None:
+    """Keep ``recording`` in ``cache``; a later fingerprinting with it replays this one."""
+    cache.set_graph(recording.to_data())
+    _replays.pop(cache, None)
 
 
 #: Prepared graphs by cache: a standby worker prepares the one it read ahead.
@@ -282,7 +288,7 @@ def _replayed(
         stages[stage] = graph.stage_record(root, reach)
     updated = graph.update(recording, rebuilt, failed, stages)
     if updated is not None:
-        cache.set_graph(updated.to_data())
+        _record(cache, updated)
     return {
         stage: StageFingerprint(code, names, parts)
         for stage, (_, code, names, parts, _) in ((s, stages[s]) for s in functions)
