@@ -413,12 +413,14 @@ class _Node:
 
     __slots__ = ("digest", "edges", "kind", "label", "obj")
 
-    def __init__(self, label: str, kind: str, obj: object, digest: str = "") -> None:
+    def __init__(
+        self, label: str, kind: str, obj: object, digest: str = "", edges: Sequence[int] = ()
+    ) -> None:
         self.label = label
         self.kind = kind
         self.obj = obj
         self.digest = digest
-        self.edges: Sequence[int] = ()
+        self.edges = edges
 
 
 class _Namespace:
@@ -840,19 +842,21 @@ class _Graph:
         not found again, which stay as dead nodes that nothing references.  ``None`` if
         two recorded nodes are one object now, or one is no longer of its kind."""
         recording = replay.recording
-        nodes = self.nodes = list(
-            map(_Node, recording.labels, recording.kinds, objects, recording.digests)
-        )
-        for node, edges in zip(nodes, recording.edges, strict=True):
-            node.edges = edges
-        identified = [i for i in replay.identified if objects[i] is not ABSENT]
+        columns = (recording.labels, recording.kinds, objects, recording.digests)
+        nodes = self.nodes = list(map(_Node, *columns, recording.edges))
+        lost = any(map(operator.is_, objects, itertools.repeat(ABSENT)))
+        identified = replay.identified
+        if lost:
+            identified = [i for i in identified if objects[i] is not ABSENT]
         self._by_id = dict(
             zip(map(id, map(objects.__getitem__, identified)), identified, strict=True)
         )
         if len(self._by_id) != len(identified):
             return None
         self._consts = {key: i for key, i in replay.consts if objects[i] is not ABSENT}
-        rebuilt = [i for i, kept in enumerate(same) if not kept and objects[i] is not ABSENT]
+        rebuilt = list(itertools.compress(range(len(same)), map(operator.not_, same)))
+        if lost:
+            rebuilt = [i for i in rebuilt if objects[i] is not ABSENT]
         for index in rebuilt:
             if not is_kind(objects[index], nodes[index].kind):
                 return None

@@ -261,7 +261,7 @@ class Replay:
         return {
             source
             for group in self._groups
-            if any(same[index] for index in group.indices)
+            if any(map(same.__getitem__, group.indices))
             for source in group.source
         }
 
