@@ -172,6 +172,7 @@ class Replay:
     def __init__(self, recording: Recording) -> None:
         self.recording = recording
         binds: dict[str, tuple[list[str], list[int]]] = {}
+        roots: tuple[list[str], list[int]] = ([], [])
         others: list[tuple[int, Locator]] = []
         for index, locator in enumerate(recording.locators):
             if locator is None:
@@ -180,9 +181,13 @@ class Replay:
                 names, indices = binds.setdefault(locator[1], ([], []))
                 names.append(locator[2])
                 indices.append(index)
+            elif locator[0] == "s":
+                roots[0].append(locator[1])
+                roots[1].append(index)
             else:
                 others.append((index, locator))
         self._binds = binds
+        self._roots = roots
         self._others = others
         #: The nodes whose objects name them (all but constants, named by module and name).
         self.identified = [i for i, kind in enumerate(recording.kinds) if kind != "const"]
@@ -224,8 +229,11 @@ class Replay:
             found = map(vars(module).get, names, repeat(ABSENT))
             for index, value in zip(indices, found, strict=True):
                 objects[index] = value
+        stages, indices = self._roots
+        for index, value in zip(indices, map(functions.get, stages, repeat(ABSENT)), strict=True):
+            objects[index] = value
         for index, locator in self._others:
-            objects[index] = _follow(locator, objects, functions)
+            objects[index] = _follow(locator, objects)
         return objects
 
     # ------------------------------------------------------------------ checking nodes
@@ -484,11 +492,9 @@ def qualified_name(obj: object) -> str:
     return f"{module}:{qualname}"
 
 
-def _follow(locator: Locator, objects: list[Any], functions: Mapping[str, object]) -> Any:
-    """The object ``locator`` (not a module global) points at now, or :data:`ABSENT`."""
+def _follow(locator: Locator, objects: list[Any]) -> Any:
+    """The object ``locator`` (through another node) points at now, or :data:`ABSENT`."""
     kind = locator[0]
-    if kind == "s":
-        return functions.get(locator[1], ABSENT)
     parent = objects[locator[1]]
     if parent is ABSENT:
         return ABSENT
