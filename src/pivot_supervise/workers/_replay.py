@@ -86,12 +86,11 @@ _FUNCTION = types.FunctionType
 _GLOBALS = operator.attrgetter("__globals__")
 _CODE = operator.attrgetter("__code__")
 _DEFAULTS = operator.attrgetter("__defaults__")
-_NAMES = operator.attrgetter("__qualname__", "__module__")
-_CLOSURE_AND_KWDEFAULTS = operator.attrgetter("__closure__", "__kwdefaults__")
+#: What a plain function must read as recorded: its names, no closure, no keyword defaults.
+_PLAIN = operator.attrgetter("__qualname__", "__module__", "__closure__", "__kwdefaults__")
 #: ``getattr(func, "__wrapped__", None)`` of functions without one (``vars(func)`` would
 #: give each function a ``__dict__`` of its own).
 _NOTHING = {None}
-_PLAIN_EXTRAS = {(None, None)}
 _FUNCTION_TYPES = {_FUNCTION}
 
 
@@ -287,8 +286,8 @@ class _Group:
         "filename",
         "indices",
         "module",
-        "names",
         "paths",
+        "plain",
         "source",
         "top_level",
     )
@@ -304,7 +303,7 @@ class _Group:
         self.top_level = (
             [path[0] for path in self.paths] if all(len(p) == 1 for p in self.paths) else None
         )
-        self.names = [(check[4], check[5]) for check in checks]
+        self.plain = [(check[4], check[5], None, None) for check in checks]
         self.defaults = [check[6] for check in checks]
 
     def check(self, objects: list[Any], same: list[bool], checker: _Checker) -> None:
@@ -325,9 +324,8 @@ class _Group:
             and compiled[0] in self.source
             and self._same_code(compiled[1], funcs)
             and set(map(id, map(_GLOBALS, funcs))) == {id(namespace)}
-            and set(map(_CLOSURE_AND_KWDEFAULTS, funcs)) <= _PLAIN_EXTRAS
             and set(map(getattr, funcs, repeat("__wrapped__"), repeat(None))) == _NOTHING
-            and list(map(_NAMES, funcs)) == self.names
+            and list(map(_PLAIN, funcs)) == self.plain
             and checker.all_defaults(list(map(_DEFAULTS, funcs))) == self.defaults
         ):
             for index in self.indices:
@@ -365,10 +363,8 @@ class _Group:
             if (
                 follow(compiled[1], self.paths[member]) is func.__code__
                 and func.__globals__ is namespace
-                and func.__closure__ is None
-                and func.__kwdefaults__ is None
                 and getattr(func, "__wrapped__", None) is None
-                and (func.__qualname__, func.__module__) == self.names[member]
+                and _PLAIN(func) == self.plain[member]
                 and checker.defaults(func.__defaults__) == self.defaults[member]
             ):
                 same[self.indices[member]] = True
