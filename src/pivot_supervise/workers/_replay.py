@@ -36,6 +36,7 @@ module at a time in C (``map``, ``attrgetter``).
 
 from __future__ import annotations
 
+import marshal
 import operator
 import sys
 import types
@@ -374,12 +375,16 @@ class _Checker:
     """What checking functions needs from the walk: the code cache's compilations, and
     the rendering of defaults (once per tuple: a module's functions share them)."""
 
-    __slots__ = ("_render", "_texts", "compiled")
+    __slots__ = ("_by_value", "_render", "_texts", "compiled")
 
     def __init__(self, compiled: Compiled, render: Callable[[object], str | None]) -> None:
         self.compiled = compiled
         self._render = render
+        #: Renderings by the ``id`` of the tuple (kept alive by its functions)...
         self._texts: dict[int, str | None] = {}
+        #: ...and by its ``marshal`` bytes: equal bytes are values of the same builtin
+        #: types, equal, so they render alike (``(0,)`` in every module, rendered once).
+        self._by_value: dict[bytes, str | None] = {}
 
     def defaults(self, defaults: object) -> str | None:
         if defaults is None:
@@ -387,7 +392,7 @@ class _Checker:
         key = id(defaults)
         texts = self._texts
         if key not in texts:
-            texts[key] = self._render(defaults)
+            texts[key] = self._text(defaults)
         return texts[key]
 
     def all_defaults(self, defaults: list[object]) -> list[str | None]:
@@ -397,8 +402,18 @@ class _Checker:
         if not texts.keys() >= set(keys):
             for key, value in zip(keys, defaults, strict=True):
                 if key not in texts:
-                    texts[key] = None if value is None else self._render(value)
+                    texts[key] = None if value is None else self._text(value)
         return list(map(texts.__getitem__, keys))
+
+    def _text(self, value: object) -> str | None:
+        try:
+            key = marshal.dumps(value)  # pyright: ignore[reportArgumentType]
+        except ValueError:  # not plain data (a function, an object): rendered each time
+            return self._render(value)
+        by_value = self._by_value
+        if key not in by_value:
+            by_value[key] = self._render(value)
+        return by_value[key]
 
 
 class _Lookups:
