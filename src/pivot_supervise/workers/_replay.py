@@ -43,45 +43,17 @@ import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import repeat
+from pathlib import Path
 from typing import Any, cast
 
-from ._codecache import follow
+from ._codecache import CodeAnalysisCache, follow
+from ._graph import Graph, StageFingerprint
+from ._recording import ABSENT, Check, Locator, Recording, Token, library_text
 
-__all__ = [
-    "ABSENT",
-    "Check",
-    "Locator",
-    "Recording",
-    "Replay",
-    "ReplayStats",
-    "StageRecord",
-    "Token",
-    "is_kind",
-    "library_text",
-    "qualified_name",
-]
+__all__ = ["Replay", "ReplayStats", "replayed"]
 
-#: What a lookup finds when there is nothing (a name not bound, a node not found again).
-ABSENT: Any = object()
-#: Where a node was found: ``("s", stage)`` a stage's function; ``("b", module, name)`` a
-#: module's global; ``("a", node, name)`` an attribute in a class's ``__dict__``;
-#: ``("w", node)`` a function's ``__wrapped__``; ``("c", node, cell)`` a closure cell.
-#: A parent node is always found before its children (its index is lower).
-Locator = tuple[Any, ...]
-#: What a plain function node is checked against: (module of its globals, its code's
-#: ``co_filename``, the digest of the source its code was compiled from and where in
-#: that compilation's tree it is (see :meth:`._codecache.CodeAnalysisCache.code_path`),
-#: ``__qualname__``, ``__module__``, the text of its defaults or ``None``).
-Check = tuple[str, str, str, tuple[int, ...], str, str, str | None]
 #: The source digest and module code of a file's last compilation by our loader.
 Compiled = Callable[[str], tuple[str, types.CodeType] | None]
-#: What a name looked up in a module was bound to: a node's index (the same object as
-#: that node), ``-1`` (unbound), a module's name (that module), ``("x", text)`` (a
-#: library object of that rendering), ``False`` (not checkable: always re-walked).
-Token = int | str | tuple[str, str] | bool
-#: A stage's recorded result: its root node, code digest, part names, parts, and the
-#: nodes it reaches.
-StageRecord = tuple[int, str, tuple[str, ...], dict[str, str], tuple[int, ...]]
 
 _FUNCTION = types.FunctionType
 _GLOBALS = operator.attrgetter("__globals__")
@@ -107,59 +79,6 @@ class ReplayStats:
     kept: int = 0
     walked: int = 0
     stages: int = 0
-
-
-@dataclass(slots=True)
-class Recording:
-    """The last walk, as plain data (lists indexed by node), as :func:`marshal` keeps it.
-
-    ``modules`` are the project modules the walk knew, sorted: with others, project code
-    and library code are told apart differently, so nothing recorded holds.
-    """
-
-    modules: tuple[str, ...]
-    labels: list[str]
-    kinds: list[str]
-    digests: list[str]
-    edges: list[tuple[int, ...]]
-    locators: list[Locator | None]
-    checks: list[Check | None]
-    lookups: dict[str, dict[str, Token]]
-    users: dict[str, list[int]]
-    stages: dict[str, StageRecord]
-
-    def pair(self, index: int) -> tuple[str, str]:
-        """A node's label and digest."""
-        return self.labels[index], self.digests[index]
-
-    def to_data(self) -> tuple[object, ...]:
-        return (
-            self.modules,
-            self.labels,
-            self.kinds,
-            self.digests,
-            self.edges,
-            self.locators,
-            self.checks,
-            self.lookups,
-            self.users,
-            self.stages,
-        )
-
-    @classmethod
-    def from_data(cls, data: object) -> Recording | None:
-        """The recording ``data`` holds; ``None`` if it is not one (any other value)."""
-        if type(data) is not tuple:
-            return None
-        fields = cast("tuple[Any, ...]", data)
-        if len(fields) != 10:
-            return None
-        recording = cls(*fields)
-        count = len(recording.labels)
-        sized = (recording.kinds, recording.digests, recording.edges, recording.locators)
-        if any(len(column) != count for column in (*sized, recording.checks)):
-            return None
-        return recording
 
 
 class Replay:
@@ -482,27 +401,6 @@ class _Lookups:
         )
 
 
-def library_text(value: object, modules: Mapping[str, object]) -> str | None:
-    """How a walk renders a library (not project) function or class bound in project
-    globals; ``None`` for anything else.  What a ``("x", text)`` token records."""
-    if type(value) is _FUNCTION:
-        if value.__globals__.get("__name__") in modules:
-            return None
-        return f"<ext-fn {qualified_name(value)}>"
-    if isinstance(value, type):
-        if value.__module__ in modules:
-            return None
-        return f"<ext-cls {qualified_name(value)}>"
-    return None
-
-
-def qualified_name(obj: object) -> str:
-    """``module:qualname`` of a library object, as a walk names it."""
-    module = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
-    return f"{module}:{qualname}"
-
-
 def _follow(locator: Locator, objects: list[Any]) -> Any:
     """The object ``locator`` (through another node) points at now, or :data:`ABSENT`."""
     kind = locator[0]
@@ -525,12 +423,83 @@ def _follow(locator: Locator, objects: list[Any]) -> Any:
     return ABSENT
 
 
-def is_kind(value: object, kind: str) -> bool:
-    """Whether ``value`` would become a node of ``kind`` (see ``_Graph._binding``)."""
-    if kind == "function":
-        return type(value) is _FUNCTION
-    if kind == "class":
-        return isinstance(value, type)
-    if kind == "const":
-        return not isinstance(value, types.ModuleType | _FUNCTION | type)
-    return True
+def replayed(
+    replay: Replay,
+    functions: Mapping[str, Callable[..., Any]],
+    modules: Mapping[str, Path],
+    cache: CodeAnalysisCache,
+    stats: ReplayStats,
+) -> tuple[dict[str, StageFingerprint], Recording | None] | None:
+    """The fingerprints from checking ``replay``'s walk, and the recording to keep
+    instead of it (``None``: it is still right); ``None`` when the graph must be walked
+    afresh."""
+    recording = replay.recording
+    if recording.modules != tuple(sorted(modules)):
+        return None  # what is project code and what is not may differ
+    objects = replay.locate(functions)
+    scratch = Graph(modules)
+    same, failed = replay.unchanged(objects, cache.compiled, scratch.plain_text, modules)
+    graph = Graph(modules, cache)
+    rebuilt = graph.seed(
+        recording, objects, same, identified=replay.identified, consts=replay.consts
+    )
+    if rebuilt is None:
+        return None  # two nodes are one object now
+    roots: dict[str, int] = {}
+    for stage, func in functions.items():
+        index = graph.by_id(func)
+        roots[stage] = index if index is not None else graph.root(stage, func)
+    # Stages added, or whose function is another one now: followed through the graph.
+    rooted = [
+        stage
+        for stage, index in roots.items()
+        if stage not in recording.stages or recording.stages[stage][0] != index
+    ]
+    graph.build()
+    nodes = graph.nodes
+    # A node relabelled is named in the text of every node that references it.
+    relabelled = {i for i in rebuilt if nodes[i].label != recording.labels[i]}
+    if relabelled:
+        naming = [
+            i
+            for i, kept in enumerate(same)
+            if kept and not relabelled.isdisjoint(recording.edges[i])
+        ]
+        graph.rebuild(naming)
+        graph.build()
+        rebuilt.extend(naming)
+    count = len(recording.labels)
+    changed = [i for i in rebuilt if (nodes[i].label, nodes[i].digest) != recording.pair(i)]
+    reshaped = [i for i in rebuilt if tuple(nodes[i].edges) != recording.edges[i]]
+    new_shape = (
+        bool(reshaped or rooted) or len(nodes) > count or len(roots) != len(recording.stages)
+    )
+    if new_shape:
+        unreachable = len(nodes) - len(graph.reachable(roots.values()))
+        if unreachable > max(_GARBAGE_FLOOR, len(nodes) // 4):
+            return None  # walked afresh, which leaves only what is reached
+        # A node with new edges usually has a new digest too, but not always: two
+        # nodes of one label (two lambdas of a module) read the same in its text.
+        changed.extend(reshaped)
+        changed.extend(range(count, len(nodes)))
+    for digest in replay.sources(same):
+        cache.keep(digest)
+    affected = {stage for stage in replay.affected(changed) if stage in roots}
+    affected.update(rooted)
+    stats.replayed, stats.reshaped = True, new_shape
+    stats.kept, stats.walked, stats.stages = sum(same), len(rebuilt), len(affected)
+    stages = {stage: recording.stages[stage] for stage in roots if stage not in rooted}
+    for stage in affected:
+        root = roots[stage]
+        reach = graph.reachable([root]) if new_shape else stages[stage][4]
+        stages[stage] = graph.stage_record(root, reach)
+    result = {
+        stage: StageFingerprint(code, names, parts)
+        for stage, (_, code, names, parts, _) in ((s, stages[s]) for s in functions)
+    }
+    return result, graph.update(recording, rebuilt, failed, stages)
+
+
+#: How many nodes a replayed graph may keep that no stage reaches any more (those of
+#: removed calls, of code no longer found) before it is walked afresh, at the least.
+_GARBAGE_FLOOR = 16

@@ -1,0 +1,133 @@
+"""The last fingerprinting's walk of the code, as plain data a replay checks.
+
+A :class:`Recording` is what :class:`._graph.Graph` found (its nodes, where each was
+found, what each plain function and each looked-up name was bound to, each stage's
+result), as lists and tuples that :mod:`marshal` writes into the code cache file; see
+:mod:`._replay` for how the next load checks it.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+__all__ = [
+    "ABSENT",
+    "Check",
+    "Locator",
+    "Recording",
+    "StageRecord",
+    "Token",
+    "is_kind",
+    "library_text",
+    "qualified_name",
+]
+
+#: What a lookup finds when there is nothing (a name not bound, a node not found again).
+ABSENT: Any = object()
+#: Where a node was found: ``("s", stage)`` a stage's function; ``("b", module, name)`` a
+#: module's global; ``("a", node, name)`` an attribute in a class's ``__dict__``;
+#: ``("w", node)`` a function's ``__wrapped__``; ``("c", node, cell)`` a closure cell.
+#: A parent node is always found before its children (its index is lower).
+Locator = tuple[Any, ...]
+#: What a plain function node is checked against: (module of its globals, its code's
+#: ``co_filename``, the digest of the source its code was compiled from and where in
+#: that compilation's tree it is (see :meth:`._codecache.CodeAnalysisCache.code_path`),
+#: ``__qualname__``, ``__module__``, the text of its defaults or ``None``).
+Check = tuple[str, str, str, tuple[int, ...], str, str, str | None]
+#: What a name looked up in a module was bound to: a node's index (the same object as
+#: that node), ``-1`` (unbound), a module's name (that module), ``("x", text)`` (a
+#: library object of that rendering), ``False`` (not checkable: always re-walked).
+Token = int | str | tuple[str, str] | bool
+#: A stage's recorded result: its root node, code digest, part names, parts, and the
+#: nodes it reaches.
+StageRecord = tuple[int, str, tuple[str, ...], dict[str, str], tuple[int, ...]]
+
+_FUNCTION = types.FunctionType
+
+
+@dataclass(slots=True)
+class Recording:
+    """The last walk, as plain data (lists indexed by node), as :func:`marshal` keeps it.
+
+    ``modules`` are the project modules the walk knew, sorted: with others, project code
+    and library code are told apart differently, so nothing recorded holds.
+    """
+
+    modules: tuple[str, ...]
+    labels: list[str]
+    kinds: list[str]
+    digests: list[str]
+    edges: list[tuple[int, ...]]
+    locators: list[Locator | None]
+    checks: list[Check | None]
+    lookups: dict[str, dict[str, Token]]
+    users: dict[str, list[int]]
+    stages: dict[str, StageRecord]
+
+    def pair(self, index: int) -> tuple[str, str]:
+        """A node's label and digest."""
+        return self.labels[index], self.digests[index]
+
+    def to_data(self) -> tuple[object, ...]:
+        return (
+            self.modules,
+            self.labels,
+            self.kinds,
+            self.digests,
+            self.edges,
+            self.locators,
+            self.checks,
+            self.lookups,
+            self.users,
+            self.stages,
+        )
+
+    @classmethod
+    def from_data(cls, data: object) -> Recording | None:
+        """The recording ``data`` holds; ``None`` if it is not one (any other value)."""
+        if type(data) is not tuple:
+            return None
+        fields = cast("tuple[Any, ...]", data)
+        if len(fields) != 10:
+            return None
+        recording = cls(*fields)
+        count = len(recording.labels)
+        sized = (recording.kinds, recording.digests, recording.edges, recording.locators)
+        if any(len(column) != count for column in (*sized, recording.checks)):
+            return None
+        return recording
+
+
+def library_text(value: object, modules: Mapping[str, object]) -> str | None:
+    """How a walk renders a library (not project) function or class bound in project
+    globals; ``None`` for anything else.  What a ``("x", text)`` token records."""
+    if type(value) is _FUNCTION:
+        if value.__globals__.get("__name__") in modules:
+            return None
+        return f"<ext-fn {qualified_name(value)}>"
+    if isinstance(value, type):
+        if value.__module__ in modules:
+            return None
+        return f"<ext-cls {qualified_name(value)}>"
+    return None
+
+
+def qualified_name(obj: object) -> str:
+    """``module:qualname`` of a library object, as a walk names it."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    return f"{module}:{qualname}"
+
+
+def is_kind(value: object, kind: str) -> bool:
+    """Whether ``value`` would become a node of ``kind`` (see ``_Graph._binding``)."""
+    if kind == "function":
+        return type(value) is _FUNCTION
+    if kind == "class":
+        return isinstance(value, type)
+    if kind == "const":
+        return not isinstance(value, types.ModuleType | _FUNCTION | type)
+    return True
