@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -35,6 +36,8 @@ from pivot_supervise.workers._tasks import (
     LoadReply,
     LoadRequest,
     RunRequest,
+    _stop_run,
+    _stopped_by,
     initialize_worker,
     load_generation,
     ping,
@@ -312,3 +315,32 @@ def test_workers_exit_when_the_supervisor_is_killed(project: Path, tmp_path: Pat
         supervisor.wait(TIMEOUT_S)
         if supervisor.stdout is not None:
             supervisor.stdout.close()
+
+
+def test_a_stop_file_is_read_whole_or_not_at_all_while_it_is_written(tmp_path: Path) -> None:
+    """Another worker may look for a run's stop file just as it is made: it must find
+    the failed stage's name or no file, never an empty one (which reads as "an earlier
+    stage")."""
+    found: list[str] = []
+    for attempt in range(300):
+        path = tmp_path / f"stopped-run-{attempt}"
+        request = RunRequest(generation=1, stage="other", stop_file=str(path))
+        writing = threading.Event()
+
+        def look(request: RunRequest = request, writing: threading.Event = writing) -> None:
+            writing.wait()
+            while (stopped := _stopped_by(request)) is None:
+                pass
+            found.append(stopped)
+
+        reader = threading.Thread(target=look)
+        reader.start()
+        writing.set()
+        _stop_run(str(path), "s060")
+        _stop_run(str(path), "s061")  # a second failure: the first one's name stays
+        reader.join(TIMEOUT_S)
+        assert not reader.is_alive()
+    assert set(found) == {"s060"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"stopped-run-{i}" for i in range(300)
+    ), "a file written aside was left behind"

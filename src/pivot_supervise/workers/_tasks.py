@@ -505,17 +505,25 @@ def _stopped_by(request: RunRequest) -> str | None:
 
 def _stop_run(path: str, failed: str) -> None:
     """Write the run's stop file, naming ``failed``, at once: the other workers then
-    start none of the run's stages they hold (the first failure's name wins)."""
+    start none of the run's stages they hold (the first failure's name wins).
+
+    The file appears whole or not at all (written aside, then linked into place, which
+    fails if it exists): a worker reading it as it is made would find it empty.
+    """
+    aside = f"{path}.{os.getpid()}"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError:  # stopped already, or the generation is gone
-        return
-    try:
-        os.write(fd, failed.encode())
-    except OSError:
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, failed.encode())
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):  # stopped already
+            os.link(aside, path)
+    except OSError:  # the generation is gone
         pass
     finally:
-        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(aside)
 
 
 def _mark_running(request: RunRequest) -> int | None:
