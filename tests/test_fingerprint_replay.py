@@ -445,3 +445,45 @@ def test_one_cache_object_replays_its_own_latest_walk(tmp_path: Path) -> None:
     assert one == two
     assert (first.replayed, second.replayed) == (False, True)
     assert second.stages == 0
+
+
+MANY = "".join(f"def h{i}(x):\n    return x + {i}\n\n" for i in range(10))
+USES_MANY = """
+    from pivot_supervise.pipeline._stage import stage
+    import many
+
+    @stage(outs=["all.txt"])
+    def everything():
+        return [many.h0, many.h1, many.h2, many.h3, many.h4,
+                many.h5, many.h6, many.h7, many.h8, many.h9]
+
+    @stage(outs=["one.txt"])
+    def one():
+        return many.h9(1)
+"""
+
+
+@pytest.mark.parametrize(
+    ("edit_made", "hashed_again", "changed_stages"),
+    [
+        # One body edited, nothing moved: the other nine are kept as they were.
+        (("return x + 3\n", "return x + 33\n"), 1, {"everything"}),
+        # A line added above them all: every function's code moved, all are hashed.
+        (("def h0(x):", "# a new first line\ndef h0(x):"), 10, set()),
+    ],
+    ids=["a body edited", "every line moved"],
+)
+def test_a_saved_file_keeps_the_functions_whose_code_did_not_change(
+    tmp_path: Path, edit_made: tuple[str, str], hashed_again: int, changed_stages: set[str]
+) -> None:
+    write(tmp_path, {"pipeline.py": USES_MANY, "many.py": MANY})
+    before, _ = fingerprint(tmp_path)
+    write(tmp_path, {"many.py": edit(MANY, *edit_made)})
+    after, stats = fingerprint(tmp_path)
+    assert stats.replayed
+    assert stats.walked == hashed_again
+    assert changed(before, after) == changed_stages
+    # And the next load replays the new file's recording without hashing anything.
+    again, stats = fingerprint(tmp_path)
+    assert again == after
+    assert stats.walked == 0

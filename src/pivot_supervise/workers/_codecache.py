@@ -183,6 +183,19 @@ class CodeAnalysisCache:
         compilation = self._compilation(code.co_filename)
         return compilation.path(code) if compilation is not None else None
 
+    def carry(self, old: CacheKey, code: types.CodeType) -> CacheKey | None:
+        """Name ``code``, equal to the code once named ``old`` (in an earlier version of
+        its file), and give it that code's stored analysis, if any.  ``None``: ``code``
+        cannot be named (see :meth:`lookup`)."""
+        compilation = self._compilation(code.co_filename)
+        position = compilation.position(code) if compilation is not None else None
+        if compilation is None or position is None:
+            return None
+        entry = self._stored.get(old[0], {}).get(old[1])
+        if type(entry) is tuple and len(entry) == 4:
+            self._used.setdefault(compilation.digest, {})[position] = entry
+        return compilation.digest, position
+
     def keep(self, digest: str) -> None:
         """Carry the stored analyses of the source ``digest`` over to the next file,
         as if each had been looked up (a replayed graph needs them again only once

@@ -45,6 +45,7 @@ from ._recording import (
     Recording,
     StageRecord,
     Token,
+    code_content,
     is_kind,
     library_text,
     qualified_name,
@@ -660,10 +661,12 @@ class Graph:
         rebuilt: list[int],
         failed: set[str],
         stages: dict[str, StageRecord],
+        moved: Mapping[int, Check],
     ) -> Recording | None:
         """``recording`` after a replay that serialised the ``rebuilt`` nodes again and
         made any node from the recorded count on (``failed``: the modules whose names
-        were not all bound as recorded).  ``None`` if nothing changed."""
+        were not all bound as recorded; ``moved``: the new checks of nodes kept whose code
+        moved).  ``None`` if nothing changed."""
         nodes = self.nodes
         count = len(recording.labels)
         columns = _Columns(recording)
@@ -672,6 +675,8 @@ class Graph:
             columns.set(index, node, self._check(node))
         for index in range(count, len(nodes)):
             columns.add(nodes[index], self.locators.get(index), self._check(nodes[index]))
+        for index, check in moved.items():
+            columns.set(index, nodes[index], check)
         lookups = recording.lookups
         new_lookups = {module: lookups[module] for module in lookups if module not in failed}
         lookups_changed = bool(failed)
@@ -731,6 +736,8 @@ class Graph:
             func.__qualname__,
             func.__module__,
             text,
+            code_content(code),
+            key[1],
         )
 
     def _token(self, known: _Namespace, bound: _Bound) -> Token:

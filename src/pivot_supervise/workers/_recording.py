@@ -8,6 +8,8 @@ result), as lists and tuples that :mod:`marshal` writes into the code cache file
 
 from __future__ import annotations
 
+import hashlib
+import marshal
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ __all__ = [
     "Recording",
     "StageRecord",
     "Token",
+    "code_content",
     "is_kind",
     "library_text",
     "qualified_name",
@@ -35,8 +38,9 @@ Locator = tuple[Any, ...]
 #: What a plain function node is checked against: (module of its globals, its code's
 #: ``co_filename``, the digest of the source its code was compiled from and where in
 #: that compilation's tree it is (see :meth:`._codecache.CodeAnalysisCache.code_path`),
-#: ``__qualname__``, ``__module__``, the text of its defaults or ``None``).
-Check = tuple[str, str, str, tuple[int, ...], str, str, str | None]
+#: ``__qualname__``, ``__module__``, the text of its defaults or ``None``, the
+#: :func:`code_content` of its code, and the code cache's position for its code).
+Check = tuple[str, str, str, tuple[int, ...], str, str, str | None, bytes | None, int]
 #: What a name looked up in a module was bound to: a node's index (the same object as
 #: that node), ``-1`` (unbound), a module's name (that module), ``("x", text)`` (a
 #: library object of that rendering), ``False`` (not checkable: always re-walked).
@@ -99,6 +103,24 @@ class Recording:
         if any(len(column) != count for column in (*sized, recording.checks)):
             return None
         return recording
+
+
+def code_content(code: types.CodeType) -> bytes | None:
+    """A digest of everything ``code`` is (its ``marshal`` form, nested code included):
+    equal digests are equal code, whichever file or compilation it came from.
+
+    Format 2, the last without back-references: later formats write a constant once and
+    refer to it after, but only if something else holds it at the time, so the same
+    code could be written two ways.
+
+    How a replay keeps the functions of a saved file whose code did not change (their
+    line numbers did not move either: those are in the digest too).  ``None`` for code
+    ``marshal`` cannot write.
+    """
+    try:
+        return hashlib.blake2b(marshal.dumps(code, 2), digest_size=16).digest()
+    except ValueError:
+        return None
 
 
 def library_text(value: object, modules: Mapping[str, object]) -> str | None:

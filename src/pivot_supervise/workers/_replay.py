@@ -48,12 +48,9 @@ from typing import Any, cast
 
 from ._codecache import CodeAnalysisCache, follow
 from ._graph import Graph, StageFingerprint
-from ._recording import ABSENT, Check, Locator, Recording, Token, library_text
+from ._recording import ABSENT, Check, Locator, Recording, Token, code_content, library_text
 
-__all__ = ["Replay", "ReplayStats", "replayed"]
-
-#: The source digest and module code of a file's last compilation by our loader.
-Compiled = Callable[[str], tuple[str, types.CodeType] | None]
+__all__ = ["Replay", "ReplayStats", "Unchanged", "replayed"]
 
 _FUNCTION = types.FunctionType
 _GLOBALS = operator.attrgetter("__globals__")
@@ -79,6 +76,20 @@ class ReplayStats:
     kept: int = 0
     walked: int = 0
     stages: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """What :meth:`Replay.unchanged` found."""
+
+    #: By node: whether it keeps its recorded digest and edges.
+    same: list[bool]
+    #: The modules whose names are not all bound as recorded.
+    failed: set[str]
+    #: The new checks of the nodes kept from files saved since (their code moved).
+    moved: dict[int, Check]
+    #: The source digests whose code analyses the nodes kept still name.
+    sources: set[str]
 
 
 class Replay:
@@ -160,19 +171,18 @@ class Replay:
     def unchanged(
         self,
         objects: list[Any],
-        compiled: Compiled,
+        cache: CodeAnalysisCache,
         defaults_text: Callable[[object], str | None],
         modules: Mapping[str, object],
-    ) -> tuple[list[bool], set[str]]:
-        """Which nodes keep their recorded digest and edges (see the module doc), and
-        the modules whose names are not all bound as recorded.
+    ) -> Unchanged:
+        """Which nodes keep their recorded digest and edges (see the module doc).
 
-        ``compiled`` is :meth:`._codecache.CodeAnalysisCache.compiled`;
-        ``defaults_text`` renders a defaults tuple as a walk does, ``None`` if it
-        reaches project code; ``modules`` are the project's.
+        ``cache`` names code (its compilations); ``defaults_text`` renders a defaults
+        tuple as a walk does, ``None`` if it reaches project code; ``modules`` are the
+        project's.
         """
         same = [False] * len(objects)
-        checker = _Checker(compiled, defaults_text)
+        checker = _Checker(cache, defaults_text)
         for group in self._groups:
             group.check(objects, same, checker)
         failed: set[str] = set()
@@ -181,16 +191,8 @@ class Replay:
                 failed.add(lookups.module)
                 for user in lookups.users:
                     same[user] = False
-        return same, failed
-
-    def sources(self, same: list[bool]) -> set[str]:
-        """The source digests of the code of the nodes kept ``same``."""
-        return {
-            source
-            for group in self._groups
-            if any(map(same.__getitem__, group.indices))
-            for source in group.source
-        }
+        moved = {index: check for index, check in checker.moved.items() if same[index]}
+        return Unchanged(same, failed, moved, checker.sources)
 
     def affected(self, changed: Iterable[int]) -> list[str]:
         """The stages that reach any of the ``changed`` nodes."""
@@ -202,6 +204,8 @@ class _Group:
     """The plain functions of one module's globals whose code is in one file."""
 
     __slots__ = (
+        "checks",
+        "contents",
         "defaults",
         "filename",
         "indices",
@@ -225,6 +229,8 @@ class _Group:
         )
         self.plain = [(check[4], check[5], None, None) for check in checks]
         self.defaults = [check[6] for check in checks]
+        self.contents = [check[7] for check in checks]
+        self.checks = checks
 
     def check(self, objects: list[Any], same: list[bool], checker: _Checker) -> None:
         """Mark the group's functions that are unchanged in ``same``."""
@@ -250,6 +256,7 @@ class _Group:
         ):
             for index in self.indices:
                 same[index] = True
+            checker.sources.update(self.source)
             return
         self._check_some(list(range(len(funcs))), funcs, namespace, same, checker)
 
@@ -274,31 +281,73 @@ class _Group:
         same: list[bool],
         checker: _Checker,
     ) -> None:
-        """The group's check, one function at a time (after the whole group failed it)."""
+        """The group's check, one function at a time (after the whole group failed it).
+
+        In a file saved since, a function is the same if its code is equal to the
+        recorded one (:func:`._recording.code_content`), not the very same object; its
+        check then names the code's new place (see :attr:`_Checker.moved`).
+        """
         compiled = checker.compiled(self.filename)
-        if compiled is None or compiled[0] not in self.source:
+        if compiled is None:
             return
+        digest, module_code = compiled
+        saved = digest not in self.source
         for member in members:
             func = funcs[member]
+            code = func.__code__
+            path = self.paths[member]
+            key = None
+            if saved:
+                content = self.contents[member]
+                if content is None or code_content(code) != content:
+                    continue
+                old = self.checks[member]
+                moved_to = checker.code_path(code)
+                key = checker.carry((old[2], old[8]), code)
+                if moved_to is None or key is None:
+                    continue
+                path = moved_to
+            elif follow(module_code, path) is not code:
+                continue
             if (
-                follow(compiled[1], self.paths[member]) is func.__code__
-                and func.__globals__ is namespace
+                func.__globals__ is namespace
                 and getattr(func, "__wrapped__", None) is None
                 and _PLAIN(func) == self.plain[member]
                 and checker.defaults(func.__defaults__) == self.defaults[member]
             ):
-                same[self.indices[member]] = True
+                index = self.indices[member]
+                same[index] = True
+                if key is not None:
+                    old = self.checks[member]
+                    checker.moved[index] = (*old[:2], key[0], path, *old[4:8], key[1])
+                else:
+                    checker.sources.add(digest)
 
 
 class _Checker:
     """What checking functions needs from the walk: the code cache's compilations, and
     the rendering of defaults (once per tuple: a module's functions share them)."""
 
-    __slots__ = ("_by_value", "_render", "_texts", "compiled")
+    __slots__ = (
+        "_by_value",
+        "_render",
+        "_texts",
+        "carry",
+        "code_path",
+        "compiled",
+        "moved",
+        "sources",
+    )
 
-    def __init__(self, compiled: Compiled, render: Callable[[object], str | None]) -> None:
-        self.compiled = compiled
+    def __init__(self, cache: CodeAnalysisCache, render: Callable[[object], str | None]) -> None:
+        self.compiled = cache.compiled
+        self.code_path = cache.code_path
+        self.carry = cache.carry
         self._render = render
+        #: The new checks of the functions kept from files saved since, by node.
+        self.moved: dict[int, Check] = {}
+        #: The sources of the functions kept where they were.
+        self.sources: set[str] = set()
         #: Renderings by the ``id`` of the tuple (kept alive by its functions)...
         self._texts: dict[int, str | None] = {}
         #: ...and by its ``marshal`` bytes: equal bytes are values of the same builtin
@@ -438,7 +487,8 @@ def replayed(
         return None  # what is project code and what is not may differ
     objects = replay.locate(functions)
     scratch = Graph(modules)
-    same, failed = replay.unchanged(objects, cache.compiled, scratch.plain_text, modules)
+    found = replay.unchanged(objects, cache, scratch.plain_text, modules)
+    same = found.same
     graph = Graph(modules, cache)
     rebuilt = graph.seed(
         recording, objects, same, identified=replay.identified, consts=replay.consts
@@ -482,7 +532,7 @@ def replayed(
         # nodes of one label (two lambdas of a module) read the same in its text.
         changed.extend(reshaped)
         changed.extend(range(count, len(nodes)))
-    for digest in replay.sources(same):
+    for digest in found.sources:
         cache.keep(digest)
     affected = {stage for stage in replay.affected(changed) if stage in roots}
     affected.update(rooted)
@@ -497,7 +547,7 @@ def replayed(
         stage: StageFingerprint(code, names, parts)
         for stage, (_, code, names, parts, _) in ((s, stages[s]) for s in functions)
     }
-    return result, graph.update(recording, rebuilt, failed, stages)
+    return result, graph.update(recording, rebuilt, found.failed, stages, found.moved)
 
 
 #: How many nodes a replayed graph may keep that no stage reaches any more (those of
