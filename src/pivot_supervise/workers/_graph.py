@@ -596,6 +596,26 @@ class Graph:
         parts = cast("dict[str, str]", fingerprint.parts)  # made by _named_apart: a dict
         return root, fingerprint.code, fingerprint.functions, parts, tuple(sorted(reach))
 
+    def restamp(self, record: StageRecord, changed: Iterable[int]) -> StageRecord | None:
+        """``record`` with the new digests of the ``changed`` nodes it reaches (the same
+        nodes, the same labels), if its parts name each node it reaches by its label
+        alone; ``None`` otherwise (see :func:`_named_apart`): :meth:`stage_record` then.
+
+        The parts stay in label order, so only the stage's code is hashed again.
+        """
+        root, _, names, parts, reach = record
+        if len(parts) != len(reach):
+            return None
+        nodes = self.nodes
+        parts = dict(parts)
+        for index in changed:
+            label = nodes[index].label
+            if label not in parts:
+                return None
+            parts[label] = nodes[index].digest
+        code = _blake("\n".join(map("\0".join, parts.items())) + "\n")
+        return root, code, names, parts, reach
+
     def by_id(self, obj: object) -> int | None:
         """The index of the node of ``obj``, if it has one (constants do not)."""
         return self._by_id.get(id(obj))

@@ -539,10 +539,17 @@ def replayed(
     stats.replayed, stats.reshaped = True, new_shape
     stats.kept, stats.walked, stats.stages = sum(same), len(rebuilt), len(affected)
     stages = {stage: recording.stages[stage] for stage in roots if stage not in rooted}
+    changes = set(changed)
     for stage in affected:
-        root = roots[stage]
-        reach = graph.reachable([root]) if new_shape else stages[stage][4]
-        stages[stage] = graph.stage_record(root, reach)
+        record = None
+        if not new_shape and not relabelled:
+            record = stages[stage]
+            record = graph.restamp(record, changes.intersection(record[4]))
+        if record is None:
+            root = roots[stage]
+            reach = graph.reachable([root]) if new_shape else stages[stage][4]
+            record = graph.stage_record(root, reach)
+        stages[stage] = record
     result = {
         stage: StageFingerprint(code, names, parts)
         for stage, (_, code, names, parts, _) in ((s, stages[s]) for s in functions)
