@@ -391,7 +391,7 @@ prints = fingerprint_stages(loaded.functions, root, cache=cache, stats=stats)
 cache.save()
 print(json.dumps({"codes": {name: fp.code for name, fp in prints.items()},
                   "parts": {name: dict(fp.parts) for name, fp in prints.items()},
-                  "replayed": stats.replayed}))
+                  "replayed": stats.replayed, "walked": stats.walked}))
 """
 
 
@@ -404,6 +404,9 @@ def test_a_fresh_process_replays_another_process_walk(tmp_path: Path) -> None:
     write(tmp_path, {"helpers.py": edit(textwrap.dedent(HELPERS), "factor=2", "factor=5")})
     edited = python_json(CHILD, str(tmp_path), str(state), env={"PYTHONHASHSEED": "3"})
     assert (walked["replayed"], replayed["replayed"], edited["replayed"]) == (False, True, True)
+    # The edited file's other functions are kept by their code, across processes too:
+    # only ``double`` is hashed on top of what every replay hashes (constants, classes).
+    assert edited["walked"] == replayed["walked"] + 1
     assert replayed["codes"] == walked["codes"]
     assert replayed["parts"] == walked["parts"]
     assert {name for name in edited["codes"] if edited["codes"][name] != walked["codes"][name]} == {
@@ -466,12 +469,14 @@ USES_MANY = """
 @pytest.mark.parametrize(
     ("edit_made", "hashed_again", "changed_stages"),
     [
-        # One body edited, nothing moved: the other nine are kept as they were.
+        # One body edited: the other nine are kept as they were.
         (("return x + 3\n", "return x + 33\n"), 1, {"everything"}),
-        # A line added above them all: every function's code moved, all are hashed.
-        (("def h0(x):", "# a new first line\ndef h0(x):"), 10, set()),
+        # A line added above them all: every function moved, none changed.
+        (("def h0(x):", "# a new first line\ndef h0(x):"), 0, set()),
+        # A line added inside one: that one is hashed again, the others only moved.
+        (("return x + 3\n", "y = 1\n    return x + 3\n"), 1, {"everything"}),
     ],
-    ids=["a body edited", "every line moved"],
+    ids=["a body edited", "every line moved", "a line added"],
 )
 def test_a_saved_file_keeps_the_functions_whose_code_did_not_change(
     tmp_path: Path, edit_made: tuple[str, str], hashed_again: int, changed_stages: set[str]

@@ -106,21 +106,30 @@ class Recording:
 
 
 def code_content(code: types.CodeType) -> bytes | None:
-    """A digest of everything ``code`` is (its ``marshal`` form, nested code included):
-    equal digests are equal code, whichever file or compilation it came from.
+    """A digest of everything ``code`` is but where it is (its ``marshal`` form, nested
+    code included, with no line numbers): equal digests are equal code, whichever line,
+    version of its file or compilation it came from.
 
-    Format 2, the last without back-references: later formats write a constant once and
+    How a replay keeps the functions of a saved file whose code did not change, lines
+    added above them or not (line numbers never count in a fingerprint either).  Format
+    2 is the last without back-references: later formats write a constant once and
     refer to it after, but only if something else holds it at the time, so the same
-    code could be written two ways.
-
-    How a replay keeps the functions of a saved file whose code did not change (their
-    line numbers did not move either: those are in the digest too).  ``None`` for code
-    ``marshal`` cannot write.
+    code could be written two ways.  ``None`` for code ``marshal`` cannot write.
     """
     try:
-        return hashlib.blake2b(marshal.dumps(code, 2), digest_size=16).digest()
+        return hashlib.blake2b(marshal.dumps(_placeless(code), 2), digest_size=16).digest()
     except ValueError:
         return None
+
+
+def _placeless(code: types.CodeType) -> types.CodeType:
+    """``code`` without its line numbers (nor its nested code's)."""
+    consts = code.co_consts
+    if any(type(const) is types.CodeType for const in consts):
+        consts = tuple(
+            _placeless(const) if type(const) is types.CodeType else const for const in consts
+        )
+    return code.replace(co_firstlineno=1, co_linetable=b"", co_consts=consts)
 
 
 def library_text(value: object, modules: Mapping[str, object]) -> str | None:
