@@ -221,5 +221,9 @@ async def test_after_a_failure_every_other_quick_stage_is_reported_once_with_the
     ran = {name for name, _ in trail(project)}
     assert not ran & set(by_status["skipped"])
     assert ran == set(by_status["ok"]) | {"s060"}
-    # At most 32 stages are in flight (16 per worker) when s060 fails.
-    assert len(skipped) >= WIDE_STAGES - 61 - 32
+    # After s060 started (the trail is in the order stages started), only stages
+    # already in flight can start: at most 32 (16 per worker).  Not "at most 32 stages
+    # numbered above 60": trips go out of numeric order, and some of those may have
+    # run before s060 did.
+    order = [name for name, _ in trail(project)]
+    assert len(order) - order.index("s060") - 1 <= 32
