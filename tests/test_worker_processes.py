@@ -201,10 +201,19 @@ def saves_done() -> bool:
     return True
 
 
+def holds_a_cache() -> bool:
+    """Whether this worker's loaded pipeline still holds the code cache of its load."""
+    from pivot_supervise.workers._tasks import _Process
+
+    state = _Process.state
+    return state is not None and state.loaded is not None and state.loaded.unsaved_cache is not None
+
+
 def test_the_validating_worker_writes_the_code_cache_after_it_answered(project: Path) -> None:
     with generation() as executor:
         load(executor, project, 1)
         assert executor.submit(saves_done).result(timeout=TIMEOUT_S), "the save never ended"
+        assert not executor.submit(holds_a_cache).result(timeout=TIMEOUT_S)
     cache = open_code_cache(project / STATE_DIR)
     assert cache.graph is not None, "no cache file, or one without the walk of the graph"
     stats = ReplayStats()

@@ -19,6 +19,7 @@ same validated source first.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import gc
 import importlib
@@ -191,7 +192,7 @@ def load_generation(request: LoadRequest) -> LoadReply:
             with _load_slot(directory, request.load_slots):
                 _Process.state = _load_from(directory / VALIDATED_FILE, request.generation)
         _freeze_heap()
-        _save_cache_behind(_Process.state)
+        _Process.state = _save_cache_behind(_Process.state)
     state = _Process.state
     if state.generation != request.generation:
         return LoadReply(
@@ -261,16 +262,20 @@ def _unparked(error: str) -> LoadReply:
     return LoadReply(generation=0, pid=os.getpid(), snapshot=None, error=error, traceback=None)
 
 
-def _save_cache_behind(state: _WorkerState) -> None:
-    """Write the code cache the validating load used while this worker answers.
+def _save_cache_behind(state: _WorkerState) -> _WorkerState:
+    """Write the code cache the validating load used while this worker answers; the
+    state without it.
 
     The next generation needs the file (its standby workers read it while they wait),
     this one's reply does not: encoding and writing it (~3 ms for 1,200 functions) would
-    delay every restart after a save.
+    delay every restart after a save.  Once written, the cache is garbage: only the
+    thread holds it (~1 MB for 1,200 functions, for the generation's whole life else).
     """
-    cache = state.loaded.unsaved_cache if state.loaded is not None else None
-    if cache is not None:
-        cache.save_in_background()
+    loaded = state.loaded
+    if loaded is None or loaded.unsaved_cache is None:
+        return state
+    loaded.unsaved_cache.save_in_background()
+    return dataclasses.replace(state, loaded=dataclasses.replace(loaded, unsaved_cache=None))
 
 
 def _freeze_heap() -> None:
