@@ -177,3 +177,33 @@ def test_code_without_column_positions_is_kept_apart(tmp_path: Path) -> None:
     assert len(entries(root)) == 2
     assert run_show(root) == "aaaa"
     assert len(entries(root)) == 4, "this process compiled its own"
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=30)
+    return child.pid
+
+
+async def test_a_session_drops_files_a_killed_writer_left_half_written(tmp_path: Path) -> None:
+    """A worker killed while it wrote a cache behind its reply leaves its temporary file;
+    the next session drops it, and never one whose writer is alive."""
+    root = project(tmp_path / "p")
+    state = root / STATE_DIR
+    (state / "bytecode").mkdir(parents=True)
+    dead, alive = dead_pid(), os.getpid()
+    left = [
+        state / f".code-analyses.cpython-311.bin.{dead}-1.tmp",
+        state / "bytecode" / f".0123abcd.bin.{dead}-2.tmp",
+    ]
+    kept = [
+        state / f".code-analyses.cpython-311.bin.{alive}-3.tmp",  # being written
+        state / "notes.tmp",  # not a name write_atomically gives
+    ]
+    for path in (*left, *kept):
+        path.write_bytes(b"half")
+    async with supervising(root, watch=False, max_workers=1) as session:
+        assert await session.wait_exit() == 0
+    assert [path.exists() for path in left] == [False, False]
+    assert [path.exists() for path in kept] == [True, True]

@@ -16,10 +16,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import threading
 from pathlib import Path
 
-__all__ = ["STATE_DIR", "make_state_dir", "seal", "unseal", "write_atomically"]
+__all__ = [
+    "STATE_DIR",
+    "make_state_dir",
+    "seal",
+    "sweep_leftovers",
+    "unseal",
+    "write_atomically",
+]
 
 STATE_DIR = ".pivot-supervise"
 _IGNORE = "# State of pivot-supervise; never commit it.\n*\n"
@@ -62,8 +70,8 @@ def write_atomically(path: Path, data: bytes) -> None:
 
     The temporary file is named after this process and thread rather than made by
     ``tempfile.mkstemp``, whose first call in a process (seeding its random names) costs
-    more than the write; one left behind by a killed process is overwritten by its pid's
-    next use.
+    more than the write; one left behind by a killed process goes with the next
+    :func:`sweep_leftovers`.
     """
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
@@ -76,3 +84,44 @@ def write_atomically(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+#: The name :func:`write_atomically` gives its temporary file, with the writer's pid.
+_TEMPORARY = re.compile(r"^\..+\.(\d+)-\d+\.tmp$")
+
+
+def sweep_leftovers(directory: Path) -> int:
+    """Remove the temporary files :func:`write_atomically` left in ``directory`` or a
+    directory in it, when their process died mid-write (a worker killed as it wrote a
+    cache behind its reply, say); return how many went.  Blocking: it lists them.
+
+    A file whose process is alive is being written: it stays.
+    """
+    removed = 0
+    try:
+        folders = [directory, *(e.path for e in os.scandir(directory) if e.is_dir())]
+    except OSError:
+        return 0
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TEMPORARY.match(entry.name)
+            if match is None or _alive(int(match.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid > 0  # another user's process (or a name that is no pid: keep it)
+    return True

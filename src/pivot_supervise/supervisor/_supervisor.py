@@ -34,6 +34,7 @@ import structlog
 import trio
 
 from .._config import Config
+from .._state_dir import STATE_DIR, sweep_leftovers
 from ..pipeline._freshness import Decision
 from ..pipeline._model import StageOutcome, StageSpec
 from ..workers._bytecode import trim
@@ -187,7 +188,7 @@ class Supervisor:
             if self._handle_signals:
                 await outer.start(self._signals, signals)
             await self._open_incremental(outer)
-            outer.start_soon(self._trim_compiled_code)
+            outer.start_soon(self._tidy_state_dir)
             try:
                 await self._session()
             finally:
@@ -202,12 +203,17 @@ class Supervisor:
         assert self.exit_code is not None
         return self.exit_code
 
-    async def _trim_compiled_code(self) -> None:
-        """Keep the project's cache of compiled code bounded: once a session, off the trio
-        thread, rather than at each store in a worker on its way to a promotion."""
-        removed = await trio.to_thread.run_sync(trim, self.config.project_root)
+    async def _tidy_state_dir(self) -> None:
+        """Keep the project's cache of compiled code bounded, and drop what writers
+        killed mid-write left behind: once a session, off the trio thread, rather than
+        at each store in a worker on its way to a promotion."""
+        root = self.config.project_root
+        removed = await trio.to_thread.run_sync(trim, root)
         if removed:
             log.debug("dropped the oldest compiled code", entries=removed)
+        leftovers = await trio.to_thread.run_sync(sweep_leftovers, root / STATE_DIR)
+        if leftovers:
+            log.debug("dropped files left half-written", files=leftovers)
 
     async def _open_incremental(self, nursery: trio.Nursery) -> None:
         """Open the state store, and keep the run history from the events."""
