@@ -356,28 +356,10 @@ class Graph:
         self, namespace: Mapping[str, Any], info: _CodeInfo, out: list[str], edges: list[int]
     ) -> None:
         """Record what each referenced global name is bound to; follow project code."""
-        building = self._building
-        bindings = self._bindings
-        known = bindings.get(id(namespace))
-        if known is None or known.namespace is not namespace:
-            known = bindings[id(namespace)] = _Namespace(namespace)
-        known.users.add(building)
-        recorded, unbound = known.bound, known.unbound
         _, global_names, attrs, imports = info
         modules: dict[str, types.ModuleType] = {}
-        for name in global_names:
-            value = namespace.get(name, _MISSING)
-            if value is _MISSING:
-                unbound.add(name)
-                continue
-            bound = recorded.get(name)
-            if bound is None or bound[0] is not value:
-                bound = recorded[name] = self._bound(known, name, value, f"{name}=")
-            _, text, targets, module = bound
-            out.append(text)
-            edges.extend(targets)
-            if module is not None:
-                modules.setdefault(module.__name__, module)
+        known = self._namespace(namespace)
+        self._look_up(known, known.bound, global_names, "", out=out, edges=edges, modules=modules)
         for imported in imports:
             self._imported(imported, namespace, out, modules)
         # ``helpers.h1`` and ``pkg.sub.f``: look the attribute names up in referenced
@@ -387,28 +369,49 @@ class Graph:
         while fresh:
             for mod_name in fresh:
                 seen.add(mod_name)
-                mod_dict = vars(modules[mod_name])
-                known = bindings.get(id(mod_dict))
-                if known is None or known.namespace is not mod_dict:
-                    known = bindings[id(mod_dict)] = _Namespace(mod_dict)
-                known.users.add(building)
-                recorded, unbound = known.attributes, known.unbound
-                for name in attrs:
-                    value = mod_dict.get(name, _MISSING)
-                    if value is _MISSING:
-                        unbound.add(name)
-                        continue
-                    bound = recorded.get(name)
-                    if bound is None or bound[0] is not value:
-                        prefix = f"{mod_name}.{name}="
-                        bound = recorded[name] = self._bound(known, name, value, prefix)
-                    _, text, targets, module = bound
-                    out.append(text)
-                    edges.extend(targets)
-                    if module is not None:
-                        modules.setdefault(module.__name__, module)
+                known = self._namespace(vars(modules[mod_name]))
+                prefix = f"{mod_name}."
+                self._look_up(
+                    known, known.attributes, attrs, prefix, out=out, edges=edges, modules=modules
+                )
             grown = len(modules) > len(seen)
             fresh = sorted(m for m in modules if m not in seen) if grown else []
+
+    def _namespace(self, namespace: Mapping[str, Any]) -> _Namespace:
+        """The bindings of ``namespace``, which the node being built looks names up in."""
+        known = self._bindings.get(id(namespace))
+        if known is None or known.namespace is not namespace:
+            known = self._bindings[id(namespace)] = _Namespace(namespace)
+        known.users.add(self._building)
+        return known
+
+    def _look_up(
+        self,
+        known: _Namespace,
+        recorded: dict[str, _Bound],
+        names: Iterable[str],
+        prefix: str,
+        *,
+        out: list[str],
+        edges: list[int],
+        modules: dict[str, types.ModuleType],
+    ) -> None:
+        """Append how each of ``names`` is bound in ``known`` (as a global, or as an
+        attribute spelled with ``prefix``), serialising a binding only the first time."""
+        namespace, unbound = known.namespace, known.unbound
+        for name in names:
+            value = namespace.get(name, _MISSING)
+            if value is _MISSING:
+                unbound.add(name)
+                continue
+            bound = recorded.get(name)
+            if bound is None or bound[0] is not value:
+                bound = recorded[name] = self._bound(known, name, value, f"{prefix}{name}=")
+            _, text, targets, module = bound
+            out.append(text)
+            edges.extend(targets)
+            if module is not None:
+                modules.setdefault(module.__name__, module)
 
     def _bound(self, known: _Namespace, name: str, value: object, prefix: str) -> _Bound:
         """How the binding of ``name`` to ``value`` is recorded (see :data:`_Bound`)."""
