@@ -152,9 +152,8 @@ class CodeAnalysisCache:
             self.unnamed += 1
             return None, None
         digest = compilation.digest
-        entries = self._stored.get(digest)
-        entry = entries.get(position) if entries is not None else None
-        if type(entry) is not tuple or len(entry) != 4:
+        entry = self._stored_entry(digest, position)
+        if entry is None:
             return (digest, position), None
         self.hits += 1
         used = self._used.get(digest)
@@ -191,10 +190,19 @@ class CodeAnalysisCache:
         position = compilation.position(code) if compilation is not None else None
         if compilation is None or position is None:
             return None
-        entry = self._stored.get(old[0], {}).get(old[1])
-        if type(entry) is tuple and len(entry) == 4:
+        entry = self._stored_entry(*old)
+        if entry is not None:
             self._used.setdefault(compilation.digest, {})[position] = entry
         return compilation.digest, position
+
+    def _stored_entry(self, digest: str, position: int) -> Analysis | None:
+        """The analysis the file holds for ``(digest, position)``, if it is one."""
+        entries = self._stored.get(digest)
+        entry = entries.get(position) if entries is not None else None
+        # The file's outline was checked when read, not each entry's shape.
+        if type(entry) is not tuple or len(entry) != 4:
+            return None
+        return entry
 
     def keep(self, digest: str) -> None:
         """Carry the stored analyses of the source ``digest`` over to the next file,
