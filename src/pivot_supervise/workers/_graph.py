@@ -20,6 +20,7 @@ the files that changed since the last load.
 
 from __future__ import annotations
 
+import dataclasses
 import dis
 import enum
 import functools
@@ -206,17 +207,17 @@ class _Columns:
         users: dict[str, list[int]],
         stages: dict[str, StageRecord],
     ) -> Recording:
-        return Recording(
-            self._recording.modules,
-            self.labels,
-            self.kinds,
-            self.digests,
-            self.edges,
-            self.locators,
-            self.checks,
-            lookups,
-            users,
-            stages,
+        return dataclasses.replace(
+            self._recording,
+            labels=self.labels,
+            kinds=self.kinds,
+            digests=self.digests,
+            edges=self.edges,
+            locators=self.locators,
+            checks=self.checks,
+            lookups=lookups,
+            users=users,
+            stages=stages,
         )
 
 
@@ -422,7 +423,7 @@ class Graph:
                 if known.findable:
                     self.locators.setdefault(index, ("b", known.name, name))
                 return value, f"{prefix}<fn {self.nodes[index].label}>;", (index,), None
-            return value, f"{prefix}<ext-fn {_qualified(value)}>;", (), None
+            return value, f"{prefix}<ext-fn {qualified_name(value)}>;", (), None
         out = [prefix]
         edges: list[int] = []
         modules: dict[str, types.ModuleType] = {}
@@ -811,7 +812,7 @@ class Graph:
                 edges.append(index)
                 out.append(f"<fn {self.nodes[index].label}>")
             else:
-                out.append(f"<ext-fn {_qualified(value)}>")
+                out.append(f"<ext-fn {qualified_name(value)}>")
             return
         if isinstance(value, type):
             if self._is_project_module(value.__module__):
@@ -819,7 +820,7 @@ class Graph:
                 edges.append(index)
                 out.append(f"<cls {self.nodes[index].label}>")
             else:
-                out.append(f"<ext-cls {_qualified(value)}>")
+                out.append(f"<ext-cls {qualified_name(value)}>")
             return
         if isinstance(value, types.ModuleType):
             out.append(f"<module {value.__name__}>")
@@ -828,7 +829,7 @@ class Graph:
             out.append(f"<code {self._code(value)[0]}>")
             return
         if isinstance(value, types.BuiltinFunctionType | types.BuiltinMethodType):
-            out.append(f"<builtin {_qualified(value)}>")
+            out.append(f"<builtin {qualified_name(value)}>")
             return
         if id(value) in path:
             out.append("<cycle>")
@@ -837,7 +838,7 @@ class Graph:
         try:
             self._container(value, out, edges, path)
         except RecursionError:
-            out.append(f"<deep {_qualified(type(value))}>")
+            out.append(f"<deep {qualified_name(type(value))}>")
         finally:
             path.discard(id(value))
 
@@ -846,7 +847,7 @@ class Graph:
         if isinstance(value, tuple | list):
             out.append("(" if isinstance(value, tuple) else "[")
             if kind not in (tuple, list):
-                out.append(f"<{_qualified(kind)}>")
+                out.append(f"<{qualified_name(kind)}>")
             for item in cast("Iterable[object]", value):
                 self._value(item, out, edges, path)
                 out.append(",")
@@ -914,7 +915,7 @@ class Graph:
             attrs = cast("dict[str, object]", attrs)
             wrapped = attrs.get("__wrapped__", _MISSING)
             if wrapped is not _MISSING:  # functools.lru_cache and friends
-                out.append(f"<wrapper {_qualified(cls)} ")
+                out.append(f"<wrapper {qualified_name(cls)} ")
                 self._value(wrapped, out, edges, path)
                 out.append(">")
                 return
@@ -932,7 +933,7 @@ class Graph:
             shown = ""
         if _ADDRESS.search(shown):
             shown = ""
-        out.append(f"<{_qualified(cls)} {shown}>")
+        out.append(f"<{qualified_name(cls)} {shown}>")
 
     # ------------------------------------------------------------------ code objects
 
@@ -1273,6 +1274,3 @@ def _note_name(op: int, arg: int, co_names: tuple[str, ...], loaded: _Loaded) ->
         attrs.add(co_names[arg >> shift])
     if op == _IMPORT_NAME and arg < count:
         imports.add(co_names[arg])
-
-
-_qualified = qualified_name

@@ -8,6 +8,7 @@ result), as lists and tuples that :mod:`marshal` writes into the code cache file
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import marshal
 import types
@@ -76,28 +77,18 @@ class Recording:
         return self.labels[index], self.digests[index]
 
     def to_data(self) -> tuple[object, ...]:
-        return (
-            self.modules,
-            self.labels,
-            self.kinds,
-            self.digests,
-            self.edges,
-            self.locators,
-            self.checks,
-            self.lookups,
-            self.users,
-            self.stages,
-        )
+        """The fields in order, as :meth:`from_data` takes them."""
+        return tuple(getattr(self, field.name) for field in dataclasses.fields(self))
 
     @classmethod
     def from_data(cls, data: object) -> Recording | None:
         """The recording ``data`` holds; ``None`` if it is not one (any other value)."""
         if type(data) is not tuple:
             return None
-        fields = cast("tuple[Any, ...]", data)
-        if len(fields) != 10:
+        values = cast("tuple[Any, ...]", data)
+        if len(values) != len(dataclasses.fields(cls)):
             return None
-        recording = cls(*fields)
+        recording = cls(*values)
         count = len(recording.labels)
         sized = (recording.kinds, recording.digests, recording.edges, recording.locators)
         if any(len(column) != count for column in (*sized, recording.checks)):
