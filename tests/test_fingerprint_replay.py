@@ -311,27 +311,24 @@ def test_what_an_unchanged_file_binds_is_checked_again(
     assert stats.reshaped == reshaped
 
 
-def test_a_constant_computed_at_import_time_is_serialised_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("THRESHOLD = 3", 'THRESHOLD = int(os.environ["V"])'),
+        ("factor=2", 'factor=int(os.environ["V"])'),
+    ],
+    ids=["a constant", "a default argument"],
+)
+def test_a_value_computed_at_import_time_is_serialised_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: str, new: str
 ) -> None:
-    helpers = edit(textwrap.dedent(HELPERS), "THRESHOLD = 3", 'THRESHOLD = int(os.environ["T"])')
-    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": helpers})
-    monkeypatch.setenv("T", "3")
+    """Same source, another value: what the module computes is read at every load."""
+    write(
+        tmp_path, {"pipeline.py": PIPELINE, "helpers.py": edit(textwrap.dedent(HELPERS), old, new)}
+    )
+    monkeypatch.setenv("V", "3")
     before, _ = fingerprint(tmp_path)
-    monkeypatch.setenv("T", "4")
-    after, stats = fingerprint(tmp_path)
-    assert stats.replayed
-    assert changed(before, after) == {"a", "b"}
-
-
-def test_defaults_computed_at_import_time_are_serialised_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    helpers = edit(textwrap.dedent(HELPERS), "factor=2", 'factor=int(os.environ["F"])')
-    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": helpers})
-    monkeypatch.setenv("F", "2")
-    before, _ = fingerprint(tmp_path)
-    monkeypatch.setenv("F", "3")
+    monkeypatch.setenv("V", "4")
     after, stats = fingerprint(tmp_path)
     assert stats.replayed
     assert changed(before, after) == {"a", "b"}
