@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
@@ -90,12 +91,12 @@ def write_atomically(path: Path, data: bytes) -> None:
 _TEMPORARY = re.compile(r"^\..+\.(\d+)-\d+\.tmp$")
 
 
-def sweep_leftovers(directory: Path) -> int:
+def sweep_leftovers(directory: Path, alive: Callable[[int], bool]) -> int:
     """Remove the temporary files :func:`write_atomically` left in ``directory`` or a
     directory in it, when their process died mid-write (a worker killed as it wrote a
     cache behind its reply, say); return how many went.  Blocking: it lists them.
 
-    A file whose process is alive is being written: it stays.
+    A file whose process is ``alive`` (by pid) is being written: it stays.
     """
     removed = 0
     try:
@@ -109,19 +110,9 @@ def sweep_leftovers(directory: Path) -> int:
             continue
         for entry in entries:
             match = _TEMPORARY.match(entry.name)
-            if match is None or _alive(int(match.group(1))):
+            if match is None or alive(int(match.group(1))):
                 continue
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
                 removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return pid > 0  # another user's process (or a name that is no pid: keep it)
-    return True

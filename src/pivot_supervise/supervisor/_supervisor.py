@@ -59,6 +59,7 @@ from ._core import (
 )
 from ._events import Event
 from ._incremental import Check, Incremental
+from ._server_file import pid_alive
 from ._state import StateStoreError
 from ._watcher import ProjectWatcher
 from .backends import Backend, InlineBackend, LokyBackend
@@ -211,7 +212,7 @@ class Supervisor:
         removed = await trio.to_thread.run_sync(trim, root)
         if removed:
             log.debug("dropped the oldest compiled code", entries=removed)
-        leftovers = await trio.to_thread.run_sync(sweep_leftovers, root / STATE_DIR)
+        leftovers = await trio.to_thread.run_sync(sweep_leftovers, root / STATE_DIR, pid_alive)
         if leftovers:
             log.debug("dropped files left half-written", files=leftovers)
 
