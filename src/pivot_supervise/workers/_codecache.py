@@ -326,7 +326,7 @@ class _Compilation:
     one), and the comprehensions and lambdas inside functions are many.
     """
 
-    __slots__ = ("_count", "_level", "_paths", "digest", "module_code", "positions")
+    __slots__ = ("_count", "_level", "_path_level", "_paths", "digest", "module_code", "positions")
 
     def __init__(self, digest: str, module_code: types.CodeType) -> None:
         self.digest = digest
@@ -337,19 +337,29 @@ class _Compilation:
         self._count = 1
         self._level = [module_code]
         self._paths: dict[int, tuple[int, ...]] | None = None
+        self._path_level: list[tuple[types.CodeType, tuple[int, ...]]] = []
 
     def path(self, code: types.CodeType) -> tuple[int, ...] | None:
-        """See :meth:`CodeAnalysisCache.code_path` (the tree is indexed at the first call)."""
+        """See :meth:`CodeAnalysisCache.code_path` (the tree is indexed a level at a
+        time, as deep as a lookup needs, like positions)."""
         if self._paths is None:
             self._paths = {}
-            todo: list[tuple[types.CodeType, tuple[int, ...]]] = [(self.module_code, ())]
-            while todo:
-                parent, path = todo.pop()
-                for index, const in enumerate(parent.co_consts):
-                    if type(const) is types.CodeType:
-                        self._paths.setdefault(id(const), (*path, index))
-                        todo.append((const, (*path, index)))
-        return self._paths.get(id(code))
+            self._path_level = [(self.module_code, ())]
+        path = self._paths.get(id(code))
+        while path is None and self._path_level:
+            self._path_next_level(self._paths)
+            path = self._paths.get(id(code))
+        return path
+
+    def _path_next_level(self, paths: dict[int, tuple[int, ...]]) -> None:
+        level: list[tuple[types.CodeType, tuple[int, ...]]] = []
+        for parent, parent_path in self._path_level:
+            for index, const in enumerate(parent.co_consts):
+                if type(const) is types.CodeType:
+                    level.append((const, (*parent_path, index)))
+        for const, path in level:
+            paths.setdefault(id(const), path)
+        self._path_level = level
 
     def position(self, code: types.CodeType) -> int | None:
         """Where ``code`` sits in this compilation, or ``None`` if it is not part of it."""

@@ -32,10 +32,9 @@ import re
 import sys
 import types
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 from ._codecache import Analysis, CacheKey, CodeAnalysisCache
 from ._imports import is_project_file
@@ -55,19 +54,19 @@ from ._recording import (
 __all__ = ["Graph", "Node", "StageFingerprint"]
 
 
-@dataclass(frozen=True, slots=True)
-class StageFingerprint:
+class StageFingerprint(NamedTuple):
     """The code fingerprint of one stage, as plain data.
 
     ``code`` is a hex digest.  ``parts`` maps the name of every project function, class
     and module constant the stage reaches (``"module:qualname"``; constants are
     ``"module:NAME"``) to its own digest, so that ``explain`` can name what changed;
-    ``functions`` is the sorted tuple of those names.
+    ``functions`` is the sorted tuple of those names.  A named tuple: a replay makes
+    one per stage, and a tuple is made in a third of a frozen dataclass's time.
     """
 
     code: str
     functions: tuple[str, ...] = ()
-    parts: Mapping[str, str] = field(default_factory=dict[str, str], hash=False, compare=True)
+    parts: Mapping[str, str] = types.MappingProxyType({})
 
 
 _EXTENDED_ARG = dis.opmap["EXTENDED_ARG"]
@@ -115,6 +114,55 @@ class Node:
         self.obj = obj
         self.digest = digest
         self.edges = edges
+
+
+class _Nodes(Protocol):
+    """A graph's nodes by index: a list for a walk, :class:`_Recorded` for a replay."""
+
+    def __getitem__(self, index: int, /) -> Node: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Node]: ...
+    def append(self, node: Node, /) -> None: ...
+
+
+class _Recorded:
+    """A recording's nodes, found again as ``objects``, made into :class:`Node` objects
+    only when read: a replay reads the few it serialises again and the ones they
+    reference, not the thousand it keeps.  Nodes appended come after them."""
+
+    __slots__ = ("_columns", "_count", "_made")
+
+    def __init__(self, recording: Recording, objects: list[Any]) -> None:
+        self._columns = (
+            recording.labels,
+            recording.kinds,
+            objects,
+            recording.digests,
+            recording.edges,
+        )
+        self._count = len(recording.labels)
+        self._made: dict[int, Node] = {}
+
+    def __getitem__(self, index: int) -> Node:
+        try:
+            return self._made[index]
+        except KeyError:
+            if not 0 <= index < self._count:
+                raise IndexError(index) from None
+            labels, kinds, objects, digests, edges = self._columns
+            node = Node(labels[index], kinds[index], objects[index], digests[index], edges[index])
+            self._made[index] = node
+            return node
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Node]:
+        return map(self.__getitem__, range(self._count))
+
+    def append(self, node: Node) -> None:
+        self._made[self._count] = node
+        self._count += 1
 
 
 class _Namespace:
@@ -227,7 +275,7 @@ class Graph:
     def __init__(self, modules: Mapping[str, Path], cache: CodeAnalysisCache | None = None) -> None:
         self._modules = modules
         self._cache = cache
-        self.nodes: list[Node] = []
+        self.nodes: _Nodes = []
         self._by_id: dict[int, int] = {}
         self._consts: dict[tuple[str, str], int] = {}
         self._codes: dict[int, _CodeInfo] = {}
@@ -548,8 +596,7 @@ class Graph:
         ``identified`` are the nodes named by their object (all but the constants,
         named by ``consts``).  ``None`` if two recorded nodes are one object now, or one
         is no longer of its kind."""
-        columns = (recording.labels, recording.kinds, objects, recording.digests)
-        nodes = self.nodes = list(map(Node, *columns, recording.edges))
+        self.nodes = _Recorded(recording, objects)
         lost = any(map(operator.is_, objects, itertools.repeat(ABSENT)))
         if lost:
             identified = [i for i in identified if objects[i] is not ABSENT]
@@ -562,8 +609,9 @@ class Graph:
         rebuilt = list(itertools.compress(range(len(same)), map(operator.not_, same)))
         if lost:
             rebuilt = [i for i in rebuilt if objects[i] is not ABSENT]
+        kinds = recording.kinds
         for index in rebuilt:
-            if not is_kind(objects[index], nodes[index].kind):
+            if not is_kind(objects[index], kinds[index]):
                 return None
         self.rebuild(rebuilt)
         return rebuilt
