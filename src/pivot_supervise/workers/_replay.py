@@ -40,7 +40,7 @@ import marshal
 import operator
 import sys
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -56,8 +56,9 @@ _FUNCTION = types.FunctionType
 _GLOBALS = operator.attrgetter("__globals__")
 _CODE = operator.attrgetter("__code__")
 _DEFAULTS = operator.attrgetter("__defaults__")
-#: What a plain function must read as recorded: its names, no closure, no keyword defaults.
-_PLAIN = operator.attrgetter("__qualname__", "__module__", "__closure__", "__kwdefaults__")
+#: What a plain function must read as recorded: its names, no keyword defaults.  (No
+#: closure either, but that is its code's: a function has a cell per free variable.)
+_PLAIN = operator.attrgetter("__qualname__", "__module__", "__kwdefaults__")
 #: ``getattr(func, "__wrapped__", None)`` of functions without one (``vars(func)`` would
 #: give each function a ``__dict__`` of its own).
 _NOTHING = {None}
@@ -139,7 +140,7 @@ class Replay:
             for (module, filename), (indices, checks) in groups.items()
         ]
         self._lookups = [
-            _Lookups(module, names, recording.users.get(module, ()))
+            _Lookups(module, names, recording.users.get(module, ()), recording.locators)
             for module, names in recording.lookups.items()
         ]
         self._reach = {stage: frozenset(record[4]) for stage, record in recording.stages.items()}
@@ -227,7 +228,7 @@ class _Group:
         self.top_level = (
             [path[0] for path in self.paths] if all(len(p) == 1 for p in self.paths) else None
         )
-        self.plain = [(check[4], check[5], None, None) for check in checks]
+        self.plain = [(check[4], check[5], None) for check in checks]
         self.defaults = [check[6] for check in checks]
         self.contents = [check[7] for check in checks]
         self.checks = checks
@@ -367,10 +368,10 @@ class _Checker:
         """:meth:`defaults` of each, rendering each distinct tuple once."""
         keys = list(map(id, defaults))
         texts = self._texts
-        if not texts.keys() >= set(keys):
-            for key, value in zip(keys, defaults, strict=True):
-                if key not in texts:
-                    texts[key] = None if value is None else self._text(value)
+        distinct = dict(zip(keys, defaults, strict=True))
+        for key in distinct.keys() - texts.keys():
+            value = distinct[key]
+            texts[key] = None if value is None else self._text(value)
         return list(map(texts.__getitem__, keys))
 
     def _text(self, value: object) -> str | None:
@@ -389,6 +390,7 @@ class _Lookups:
 
     __slots__ = (
         "checkable",
+        "found",
         "module",
         "module_names",
         "modules",
@@ -400,7 +402,13 @@ class _Lookups:
         "users",
     )
 
-    def __init__(self, module: str, tokens: Mapping[str, Token], users: Iterable[int]) -> None:
+    def __init__(
+        self,
+        module: str,
+        tokens: Mapping[str, Token],
+        users: Iterable[int],
+        locators: Sequence[Locator | None],
+    ) -> None:
         self.module = module
         self.users = tuple(users)
         self.checkable = True
@@ -411,10 +419,15 @@ class _Lookups:
         self.modules: list[str] = []
         self.text_names: list[str] = []
         self.texts: list[str] = []
+        #: Every node a name is bound to, those found by that very name included: a
+        #: node found there is bound to it by construction, if it was found at all.
+        self.found: list[int] = []
         for name, token in tokens.items():
             if type(token) is int and token >= 0:
-                self.node_names.append(name)
-                self.nodes.append(token)
+                self.found.append(token)
+                if locators[token] != ("b", module, name):
+                    self.node_names.append(name)
+                    self.nodes.append(token)
             elif token == -1:
                 self.unbound.append(name)
             elif type(token) is str:
@@ -432,9 +445,9 @@ class _Lookups:
         if not self.checkable or type(module) is not types.ModuleType:
             return False
         namespace = vars(module)
-        expected = list(map(objects.__getitem__, self.nodes))
-        if any(map(operator.is_, expected, repeat(ABSENT))):
+        if any(map(operator.is_, map(objects.__getitem__, self.found), repeat(ABSENT))):
             return False  # a node not found again cannot stand for an unbound name
+        expected = list(map(objects.__getitem__, self.nodes))
         found = map(namespace.get, self.node_names, repeat(ABSENT))
         if not all(map(operator.is_, found, expected)):
             return False
