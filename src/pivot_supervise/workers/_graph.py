@@ -116,13 +116,33 @@ class Node:
         self.edges = edges
 
 
+#: Every node's label, digest and edges, by index (see :meth:`_Nodes.columns`).
+Columns = tuple[list[str], list[str], list[Sequence[int]]]
+
+
 class _Nodes(Protocol):
-    """A graph's nodes by index: a list for a walk, :class:`_Recorded` for a replay."""
+    """A graph's nodes by index: :class:`_Walked` for a walk, :class:`_Recorded` for a
+    replay."""
 
     def __getitem__(self, index: int, /) -> Node: ...
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[Node]: ...
     def append(self, node: Node, /) -> None: ...
+    def columns(self) -> Columns:
+        """Every node's label, digest and edges, as lists (for work over many nodes,
+        which then needs no :class:`Node` of its own)."""
+        ...
+
+
+class _Walked(list[Node]):
+    """The nodes of a walk: all made as it goes."""
+
+    def columns(self) -> Columns:
+        return (
+            [node.label for node in self],
+            [node.digest for node in self],
+            [node.edges for node in self],
+        )
 
 
 class _Recorded:
@@ -163,6 +183,15 @@ class _Recorded:
     def append(self, node: Node) -> None:
         self._made[self._count] = node
         self._count += 1
+
+    def columns(self) -> Columns:
+        labels, _, _, digests, edges = self._columns
+        added = [""] * (self._count - len(labels))
+        labels, digests = [*labels, *added], [*digests, *added]
+        edge_lists: list[Sequence[int]] = [*edges, *([()] * len(added))]
+        for index, node in self._made.items():
+            labels[index], digests[index], edge_lists[index] = node.label, node.digest, node.edges
+        return labels, digests, edge_lists
 
 
 class _Namespace:
@@ -275,7 +304,7 @@ class Graph:
     def __init__(self, modules: Mapping[str, Path], cache: CodeAnalysisCache | None = None) -> None:
         self._modules = modules
         self._cache = cache
-        self.nodes: _Nodes = []
+        self.nodes: _Nodes = _Walked()
         self._by_id: dict[int, int] = {}
         self._consts: dict[tuple[str, str], int] = {}
         self._codes: dict[int, _CodeInfo] = {}
@@ -629,24 +658,33 @@ class Graph:
             node.digest = ""
         self._pending.extend(indices)
 
-    def reachable(self, roots: Iterable[int]) -> set[int]:
-        """The nodes reached from ``roots``, themselves included."""
-        nodes = self.nodes
+    def columns(self) -> Columns:
+        """Every node's label, digest and edges, as of now (see :meth:`_Nodes.columns`)."""
+        return self.nodes.columns()
+
+    @staticmethod
+    def reachable(columns: Columns, roots: Iterable[int]) -> set[int]:
+        """The nodes reached from ``roots``, themselves included, a level at a time."""
+        successors = columns[2]
         seen = set(roots)
-        todo = list(seen)
-        while todo:
-            for target in nodes[todo.pop()].edges:
-                if target not in seen:
-                    seen.add(target)
-                    todo.append(target)
+        level = seen
+        while level:
+            level = set(itertools.chain.from_iterable(map(successors.__getitem__, level)))
+            level -= seen
+            seen |= level
         return seen
 
-    def stage_record(self, root: int, reach: Iterable[int]) -> StageRecord:
+    @staticmethod
+    def stage_record(columns: Columns, root: int, reach: Iterable[int]) -> StageRecord:
         """A stage's fingerprint from the nodes it reaches (see :meth:`stage_fingerprints`)."""
-        nodes = self.nodes
-        fingerprint = _named_apart(sorted({(nodes[i].label, nodes[i].digest) for i in reach}))
+        labels, digests, _ = columns
+        reach = tuple(sorted(reach))
+        pairs = set(
+            zip(map(labels.__getitem__, reach), map(digests.__getitem__, reach), strict=True)
+        )
+        fingerprint = _named_apart(sorted(pairs))
         parts = cast("dict[str, str]", fingerprint.parts)  # made by _named_apart: a dict
-        return root, fingerprint.code, fingerprint.functions, parts, tuple(sorted(reach))
+        return root, fingerprint.code, fingerprint.functions, parts, reach
 
     def restamp(self, record: StageRecord, changed: Iterable[int]) -> StageRecord | None:
         """``record`` with the new digests of the ``changed`` nodes it reaches (the same

@@ -537,8 +537,9 @@ def replayed(
     new_shape = (
         bool(reshaped or rooted) or len(nodes) > count or len(roots) != len(recording.stages)
     )
-    if new_shape:
-        unreachable = len(nodes) - len(graph.reachable(roots.values()))
+    columns = graph.columns() if new_shape else None
+    if columns is not None:
+        unreachable = len(nodes) - len(graph.reachable(columns, roots.values()))
         if unreachable > max(_GARBAGE_FLOOR, len(nodes) // 4):
             return None  # walked afresh, which leaves only what is reached
         # A node with new edges usually has a new digest too, but not always: two
@@ -559,9 +560,10 @@ def replayed(
             record = stages[stage]
             record = graph.restamp(record, changes.intersection(record[4]))
         if record is None:
+            columns = columns or graph.columns()
             root = roots[stage]
-            reach = graph.reachable([root]) if new_shape else stages[stage][4]
-            record = graph.stage_record(root, reach)
+            reach = graph.reachable(columns, [root]) if new_shape else stages[stage][4]
+            record = graph.stage_record(columns, root, reach)
         stages[stage] = record
     result = {
         stage: StageFingerprint(code, names, parts)
