@@ -36,6 +36,7 @@ module at a time in C (``map``, ``attrgetter``).
 
 from __future__ import annotations
 
+import functools
 import marshal
 import operator
 import sys
@@ -508,10 +509,7 @@ def replayed(
     )
     if rebuilt is None:
         return None  # two nodes are one object now
-    roots: dict[str, int] = {}
-    for stage, func in functions.items():
-        index = graph.by_id(func)
-        roots[stage] = index if index is not None else graph.root(stage, func)
+    roots = _roots(recording, objects, graph, functions)
     # Stages added, or whose function is another one now: followed through the graph.
     rooted = [
         stage
@@ -565,12 +563,38 @@ def replayed(
             reach = graph.reachable(columns, [root]) if new_shape else stages[stage][4]
             record = graph.stage_record(columns, root, reach)
         stages[stage] = record
-    result = {
-        stage: StageFingerprint(code, names, parts)
-        for stage, (_, code, names, parts, _) in ((s, stages[s]) for s in functions)
-    }
+    fingerprints = map(_fingerprint, map(_PARTS, map(stages.__getitem__, functions)))
+    result = dict(zip(functions, fingerprints, strict=True))
     return result, graph.update(recording, rebuilt, found.failed, stages, found.moved)
 
+
+def _roots(
+    recording: Recording,
+    objects: list[Any],
+    graph: Graph,
+    functions: Mapping[str, Callable[..., Any]],
+) -> dict[str, int]:
+    """Each stage's node: its recorded one if that is its function still, else the
+    node of its function (a new one if it has none)."""
+    roots: dict[str, int] = {}
+    recorded = recording.stages
+    for stage, func in functions.items():
+        record = recorded.get(stage)
+        if record is not None and objects[record[0]] is func:
+            roots[stage] = record[0]
+            continue
+        index = graph.by_id(func)
+        roots[stage] = index if index is not None else graph.root(stage, func)
+    return roots
+
+
+#: A stage's fingerprint from its record, made in C (``StageFingerprint._make`` is a
+#: Python call per stage, and a replay makes one per stage).
+_fingerprint = cast(
+    "Callable[[tuple[str, tuple[str, ...], dict[str, str]]], StageFingerprint]",
+    functools.partial(tuple.__new__, StageFingerprint),  # pyright: ignore[reportUnknownMemberType]
+)
+_PARTS = operator.itemgetter(1, 2, 3)
 
 #: How many nodes a replayed graph may keep that no stage reaches any more (those of
 #: removed calls, of code no longer found) before it is walked afresh, at the least.
