@@ -51,7 +51,7 @@ from ._recording import (
     qualified_name,
 )
 
-__all__ = ["Graph", "Node", "StageFingerprint"]
+__all__ = ["Columns", "Graph", "Node", "StageFingerprint"]
 
 
 class StageFingerprint(NamedTuple):
@@ -663,11 +663,13 @@ class Graph:
         return self.nodes.columns()
 
     @staticmethod
-    def reachable(columns: Columns, roots: Iterable[int]) -> set[int]:
-        """The nodes reached from ``roots``, themselves included, a level at a time."""
+    def reachable(columns: Columns, roots: Iterable[int], reached: Iterable[int] = ()) -> set[int]:
+        """The nodes reached from ``roots``, themselves included, a level at a time, and
+        the nodes ``reached`` (known to be reached, with all they reach: not walked)."""
         successors = columns[2]
-        seen = set(roots)
-        level = seen
+        seen = set(reached)
+        level = set(roots) - seen
+        seen |= level
         while level:
             level = set(itertools.chain.from_iterable(map(successors.__getitem__, level)))
             level -= seen
@@ -679,6 +681,14 @@ class Graph:
         """A stage's fingerprint from the nodes it reaches (see :meth:`stage_fingerprints`)."""
         labels, digests, _ = columns
         reach = tuple(sorted(reach))
+        parts = dict(
+            zip(map(labels.__getitem__, reach), map(digests.__getitem__, reach), strict=True)
+        )
+        if reach and len(parts) == len(reach):  # a label per node, as nearly always
+            pairs = sorted(parts.items())
+            parts = dict(pairs)
+            code = _blake("\n".join(map("\0".join, pairs)) + "\n")
+            return root, code, tuple(parts), parts, reach
         pairs = set(
             zip(map(labels.__getitem__, reach), map(digests.__getitem__, reach), strict=True)
         )

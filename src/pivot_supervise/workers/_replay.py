@@ -37,19 +37,28 @@ module at a time in C (``map``, ``attrgetter``).
 from __future__ import annotations
 
 import functools
+import itertools
 import marshal
 import operator
 import sys
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 from typing import Any, cast
 
 from ._codecache import CodeAnalysisCache, follow
-from ._graph import Graph, StageFingerprint
-from ._recording import ABSENT, Check, Locator, Recording, Token, code_content, library_text
+from ._graph import Columns, Graph, StageFingerprint
+from ._recording import (
+    ABSENT,
+    Check,
+    Locator,
+    Recording,
+    StageRecord,
+    Token,
+    code_content,
+    library_text,
+)
 
 __all__ = ["Replay", "ReplayStats", "Unchanged", "replayed"]
 
@@ -158,11 +167,13 @@ class Replay:
             module = modules.get(module_name)
             if type(module) is not types.ModuleType:
                 continue
-            found = map(vars(module).get, names, repeat(ABSENT))
+            found = map(vars(module).get, names, itertools.repeat(ABSENT))
             for index, value in zip(indices, found, strict=True):
                 objects[index] = value
         stages, indices = self._roots
-        for index, value in zip(indices, map(functions.get, stages, repeat(ABSENT)), strict=True):
+        for index, value in zip(
+            indices, map(functions.get, stages, itertools.repeat(ABSENT)), strict=True
+        ):
             objects[index] = value
         for index, locator in self._others:
             objects[index] = _follow(locator, objects)
@@ -252,7 +263,8 @@ class _Group:
             and compiled[0] in self.source
             and self._same_code(compiled[1], funcs)
             and set(map(id, map(_GLOBALS, funcs))) == {id(namespace)}
-            and set(map(getattr, funcs, repeat("__wrapped__"), repeat(None))) == _NOTHING
+            and set(map(getattr, funcs, itertools.repeat("__wrapped__"), itertools.repeat(None)))
+            == _NOTHING
             and list(map(_PLAIN, funcs)) == self.plain
             and checker.all_defaults(list(map(_DEFAULTS, funcs))) == self.defaults
         ):
@@ -446,10 +458,10 @@ class _Lookups:
         if not self.checkable or type(module) is not types.ModuleType:
             return False
         namespace = vars(module)
-        if any(map(operator.is_, map(objects.__getitem__, self.found), repeat(ABSENT))):
+        if any(map(operator.is_, map(objects.__getitem__, self.found), itertools.repeat(ABSENT))):
             return False  # a node not found again cannot stand for an unbound name
         expected = list(map(objects.__getitem__, self.nodes))
-        found = map(namespace.get, self.node_names, repeat(ABSENT))
+        found = map(namespace.get, self.node_names, itertools.repeat(ABSENT))
         if not all(map(operator.is_, found, expected)):
             return False
         if not namespace.keys().isdisjoint(self.unbound):
@@ -551,21 +563,85 @@ def replayed(
     stats.replayed, stats.reshaped = True, new_shape
     stats.kept, stats.walked, stats.stages = sum(same), len(rebuilt), len(affected)
     stages = {stage: recording.stages[stage] for stage in roots if stage not in rooted}
-    changes = set(changed)
-    for stage in affected:
-        record = None
-        if not new_shape and not relabelled:
-            record = stages[stage]
-            record = graph.restamp(record, changes.intersection(record[4]))
-        if record is None:
-            columns = columns or graph.columns()
-            root = roots[stage]
-            reach = graph.reachable(columns, [root]) if new_shape else stages[stage][4]
-            record = graph.stage_record(columns, root, reach)
-        stages[stage] = record
+    shape = (columns, _gained(recording, columns, reshaped)) if columns is not None else None
+    _fingerprint_again(
+        graph,
+        stages,
+        affected,
+        roots,
+        changed=set(changed),
+        shape=shape,
+        relabelled=bool(relabelled),
+    )
     fingerprints = map(_fingerprint, map(_PARTS, map(stages.__getitem__, functions)))
     result = dict(zip(functions, fingerprints, strict=True))
     return result, graph.update(recording, rebuilt, found.failed, stages, found.moved)
+
+
+def _fingerprint_again(
+    graph: Graph,
+    stages: dict[str, StageRecord],
+    affected: Iterable[str],
+    roots: Mapping[str, int],
+    *,
+    changed: set[int],
+    shape: tuple[Columns, Mapping[int, tuple[int, ...]] | None] | None,
+    relabelled: bool,
+) -> None:
+    """Fingerprint the ``affected`` stages again, into ``stages`` (the recorded
+    records, but for the stages rooted anew).
+
+    With the graph's shape and labels as recorded, a stage is restamped with the new
+    digests of the ``changed`` nodes it reaches.  Otherwise it is recorded again from
+    what it reaches now (``shape``: the graph's columns, and the edges gained by
+    recorded nodes if none lost any; see :func:`_reach_now`).
+    """
+    columns = shape[0] if shape is not None else None
+    for stage in affected:
+        record = None
+        if shape is None and not relabelled:
+            record = graph.restamp(stages[stage], changed.intersection(stages[stage][4]))
+        if record is None:
+            columns = columns or graph.columns()
+            root = roots[stage]
+            if shape is not None:
+                reach = _reach_now(graph, columns, root, stages.get(stage), shape[1])
+            else:
+                reach = stages[stage][4]
+            record = graph.stage_record(columns, root, reach)
+        stages[stage] = record
+
+
+def _gained(
+    recording: Recording, columns: Columns, reshaped: list[int]
+) -> dict[int, tuple[int, ...]] | None:
+    """The edges each recorded node of a new shape gained; ``None`` if one lost any
+    (then a stage may reach less than it did)."""
+    edges = columns[2]
+    gained: dict[int, tuple[int, ...]] = {}
+    for index in reshaped:
+        old, new = set(recording.edges[index]), set(edges[index])
+        if not old <= new:
+            return None
+        gained[index] = tuple(new - old)
+    return gained
+
+
+def _reach_now(
+    graph: Graph,
+    columns: Columns,
+    root: int,
+    record: StageRecord | None,
+    gained: Mapping[int, tuple[int, ...]] | None,
+) -> set[int]:
+    """What a stage reaches after a change of shape: walked from its ``root``, unless
+    edges were only ``gained`` and it has a ``record``: then what it reached, and what
+    the edges its nodes gained lead to."""
+    if record is None or gained is None:
+        return graph.reachable(columns, [root])
+    reached = record[4]
+    targets = itertools.chain.from_iterable(map(gained.get, reached, itertools.repeat(())))
+    return graph.reachable(columns, targets, reached)
 
 
 def _roots(
