@@ -373,6 +373,37 @@ def test_code_found_anew_at_every_load_is_walked_afresh_once_it_piles_up(
     assert stats.replayed, "the walk afresh was not recorded for a replay"
 
 
+def test_code_no_stage_reaches_is_counted_when_calls_are_only_added(tmp_path: Path) -> None:
+    """A replay that only added edges bounds what no stage reaches without walking the
+    graph: the recorded count, and one per node added.  Calls added one at a time to a
+    function no stage calls any more leave what they call unreached too, and the graph
+    is walked afresh once those pile up, as when calls are removed."""
+    pipeline = edit(
+        textwrap.dedent(PIPELINE), "return helpers.unrelated()", "return helpers.orphan()"
+    )
+    helpers = textwrap.dedent(HELPERS) + "\ndef orphan():\n    return 0\n"
+    write(tmp_path, {"pipeline.py": pipeline, "helpers.py": helpers})
+    fingerprint(tmp_path)
+    write(tmp_path, {"pipeline.py": PIPELINE})  # c calls unrelated: orphan is unreached
+    _, stats = fingerprint(tmp_path)
+    assert stats.replayed and stats.reshaped
+    called: list[str] = []
+    while True:
+        called.append(f"extra{len(called)}")
+        defined = "".join(f"\ndef {name}():\n    return 1\n" for name in called)
+        body = " + ".join(f"{name}()" for name in called)
+        orphan = f"\ndef orphan():\n    return {body}\n"
+        write(tmp_path, {"helpers.py": textwrap.dedent(HELPERS) + defined + orphan})
+        _, stats = fingerprint(tmp_path)
+        if not stats.replayed:
+            break
+        assert stats.reshaped, "a call added is a new shape"
+        assert len(called) < 100, "what no stage reaches was never dropped"
+    # orphan and the functions it calls: 17 unreached nodes with the 16th call, one
+    # over the floor of 16 (a quarter of the graph is fewer).
+    assert len(called) == 16, "walked afresh, but not at the limit"
+
+
 #: Fingerprints in a fresh interpreter with the cache of ``argv[2]``, replayed or walked.
 CHILD = """
 import json, sys

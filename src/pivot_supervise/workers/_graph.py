@@ -283,9 +283,11 @@ class _Columns:
         lookups: dict[str, dict[str, Token]],
         users: dict[str, list[int]],
         stages: dict[str, StageRecord],
+        dead: int,
     ) -> Recording:
         return dataclasses.replace(
             self._recording,
+            dead=dead,
             labels=self.labels,
             kinds=self.kinds,
             digests=self.digests,
@@ -782,11 +784,13 @@ class Graph:
         failed: set[str],
         stages: dict[str, StageRecord],
         moved: Mapping[int, Check],
+        *,
+        dead: int,
     ) -> Recording | None:
         """``recording`` after a replay that serialised the ``rebuilt`` nodes again and
         made any node from the recorded count on (``failed``: the modules whose names
         were not all bound as recorded; ``moved``: the new checks of nodes kept whose code
-        moved).  ``None`` if nothing changed."""
+        moved; ``dead``: see :attr:`Recording.dead`).  ``None`` if nothing changed."""
         nodes = self.nodes
         count = len(recording.labels)
         columns = _Columns(recording)
@@ -816,9 +820,10 @@ class Graph:
             if merged != users.get(module):
                 lookups_changed = True
                 users[module] = merged
-        if not columns.changed and not lookups_changed and stages == recording.stages:
+        unchanged = stages == recording.stages and dead == recording.dead
+        if not columns.changed and not lookups_changed and unchanged:
             return None
-        return columns.recording(new_lookups, users, stages)
+        return columns.recording(new_lookups, users, stages, dead)
 
     def _check(self, node: Node) -> Check | None:
         """What a replay checks a plain function node against; ``None``: not plain."""

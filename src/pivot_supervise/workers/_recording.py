@@ -71,6 +71,9 @@ class Recording:
     lookups: dict[str, dict[str, Token]]
     users: dict[str, list[int]]
     stages: dict[str, StageRecord]
+    #: How many nodes no stage reaches, or more (a replay that only added edges counts
+    #: every node it added, without walking the graph to see).
+    dead: int = 0
 
     def pair(self, index: int) -> tuple[str, str]:
         """A node's label and digest."""

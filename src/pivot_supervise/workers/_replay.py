@@ -548,9 +548,11 @@ def replayed(
         bool(reshaped or rooted) or len(nodes) > count or len(roots) != len(recording.stages)
     )
     columns = graph.columns() if new_shape else None
+    gained = _gained(recording, columns, reshaped) if columns is not None else None
+    dead = recording.dead
     if columns is not None:
-        unreachable = len(nodes) - len(graph.reachable(columns, roots.values()))
-        if unreachable > max(_GARBAGE_FLOOR, len(nodes) // 4):
+        dead = _dead(graph, columns, recording, roots, gained)
+        if dead > _garbage_limit(len(nodes)):
             return None  # walked afresh, which leaves only what is reached
         # A node with new edges usually has a new digest too, but not always: two
         # nodes of one label (two lambdas of a module) read the same in its text.
@@ -563,7 +565,7 @@ def replayed(
     stats.replayed, stats.reshaped = True, new_shape
     stats.kept, stats.walked, stats.stages = sum(same), len(rebuilt), len(affected)
     stages = {stage: recording.stages[stage] for stage in roots if stage not in rooted}
-    shape = (columns, _gained(recording, columns, reshaped)) if columns is not None else None
+    shape = (columns, gained) if columns is not None else None
     _fingerprint_again(
         graph,
         stages,
@@ -575,7 +577,7 @@ def replayed(
     )
     fingerprints = map(_fingerprint, map(_PARTS, map(stages.__getitem__, functions)))
     result = dict(zip(functions, fingerprints, strict=True))
-    return result, graph.update(recording, rebuilt, found.failed, stages, found.moved)
+    return result, graph.update(recording, rebuilt, found.failed, stages, found.moved, dead=dead)
 
 
 def _fingerprint_again(
@@ -627,6 +629,33 @@ def _gained(
     return gained
 
 
+def _dead(
+    graph: Graph,
+    columns: Columns,
+    recording: Recording,
+    roots: Mapping[str, int],
+    gained: Mapping[int, tuple[int, ...]] | None,
+) -> int:
+    """How many nodes no stage reaches after a change of shape, or a bound of it
+    (:attr:`Recording.dead`).  With edges only ``gained`` and every recorded stage
+    rooted where it was, no node reached stops being reached, so the recorded count
+    and one per node added bound it: the graph is walked only if that bound is over
+    the limit."""
+    count = len(columns[0])
+    stages = recording.stages
+    if gained is not None and all(roots.get(s) == record[0] for s, record in stages.items()):
+        bound = recording.dead + count - len(recording.labels)
+        if bound <= _garbage_limit(count):
+            return bound
+    return count - len(graph.reachable(columns, roots.values()))
+
+
+def _garbage_limit(count: int) -> int:
+    """How many of ``count`` nodes a replayed graph may keep that no stage reaches any
+    more (those of removed calls, of code no longer found) before it is walked afresh."""
+    return max(_GARBAGE_FLOOR, count // 4)
+
+
 def _reach_now(
     graph: Graph,
     columns: Columns,
@@ -672,6 +701,6 @@ _fingerprint = cast(
 )
 _PARTS = operator.itemgetter(1, 2, 3)
 
-#: How many nodes a replayed graph may keep that no stage reaches any more (those of
-#: removed calls, of code no longer found) before it is walked afresh, at the least.
+#: How many nodes a replayed graph may keep that no stage reaches, at the least (see
+#: :func:`_garbage_limit`).
 _GARBAGE_FLOOR = 16
