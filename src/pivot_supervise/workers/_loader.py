@@ -19,7 +19,7 @@ import sys
 import tomllib
 import traceback
 import types
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -34,6 +34,7 @@ from pivot_supervise.pipeline._registry import REGISTRY, Registration
 
 from ._codecache import CodeAnalysisCache
 from ._fingerprint import (
+    StageFingerprint,
     fingerprint_stages,
     open_code_cache,
     params_digest,
@@ -231,18 +232,32 @@ def _load(
     # The params as validated, with an overlay; as they are now, without.
     params_source = _read_params_file(root, params_file) if overlay is None else overlay.params
     params = _parse_params(params_source, params_file)
-    specs: list[StageSpec] = []
     functions: dict[str, StageFunction] = {}
+    for registration in registrations:
+        functions.setdefault(registration.name, registration.func)
+    # Every project module left after the import came with it: look among those only.
+    modules = project_module_files(root, among=sys.modules.keys() - before)
+    # A load from a validated overlay keeps the validated fingerprints (see load_validated).
+    prints: Mapping[str, StageFingerprint] | None = None
+    unsaved: CodeAnalysisCache | None = None
+    if overlay is None and fingerprints:
+        # Before the specs, which are then made once, with their fingerprints.
+        cache = open_code_cache(root / STATE_DIR)
+        prints = fingerprint_stages(functions, root, modules=modules, cache=cache)
+        if save_cache:
+            cache.save()
+        else:
+            unsaved = cache
+    specs: list[StageSpec] = []
     warnings: list[str] = []
     for registration in registrations:
-        spec = _stage_spec(registration, params, params_file)
+        spec = _stage_spec(registration, params, params_file, prints)
         if spec.params is None and isinstance(params.get(spec.name), dict):
             warnings.append(
                 f"params file {params_file!r} has a table for stage {spec.name!r}, "
                 "but the stage function takes no 'params' argument; it is ignored"
             )
         specs.append(spec)
-        functions.setdefault(registration.name, registration.func)
 
     graph = PipelineGraph(specs)  # validates: duplicates, shared outs, cycles
     for stage, dep in graph.external_deps():
@@ -251,19 +266,8 @@ def _load(
                 f"stage {stage!r} depends on {dep!r}, which no stage produces "
                 "and which does not exist yet"
             )
-    # A load from a validated overlay keeps the validated fingerprints (see load_validated).
-    modules = project_module_files(root, among=sys.modules.keys() - before)
-    stages = graph.stages
-    unsaved: CodeAnalysisCache | None = None
-    if overlay is None and fingerprints:
-        cache = open_code_cache(root / STATE_DIR)
-        stages = tuple(_with_fingerprints(stages, functions, root, modules, cache))
-        if save_cache:
-            cache.save()
-        else:
-            unsaved = cache
     # Validated and ordered already: no second graph.
-    snapshot = PipelineSnapshot(stages, tuple(warnings), _code_digest(modules))
+    snapshot = PipelineSnapshot(graph.stages, tuple(warnings), _code_digest(modules))
     return LoadedPipeline(
         snapshot=snapshot,
         functions=functions,
@@ -272,37 +276,6 @@ def _load(
         modules=modules,
         unsaved_cache=unsaved,
     )
-
-
-def _with_fingerprints(
-    specs: Sequence[StageSpec],
-    functions: Mapping[str, StageFunction],
-    root: Path,
-    modules: Mapping[str, Path],
-    cache: CodeAnalysisCache,
-) -> list[StageSpec]:
-    """Each spec with its code and params fingerprints, computed here, next to the code.
-
-    The ``cache`` of the project's state directory serves code analyses and the last
-    walk of the graph: the previous generation fingerprinted every file this save did
-    not touch.
-    """
-    prints = fingerprint_stages(functions, root, modules=modules, cache=cache)
-    # Built whole rather than with dataclasses.replace, which costs ~4x as much per
-    # stage.  ``parts`` is a fresh dict per stage: no copy needed.
-    return [
-        StageSpec(
-            spec.name,
-            spec.module,
-            spec.deps,
-            spec.outs,
-            spec.params,
-            code_fingerprint=prints[spec.name].code,
-            code_parts=prints[spec.name].parts,
-            params_digest=params_digest(spec.params),
-        )
-        for spec in specs
-    ]
 
 
 def _module_name(root: Path, pipeline_file: str, *, must_exist: bool = True) -> str:
@@ -355,8 +328,13 @@ def _parse_params(data: bytes | None, params_file: str) -> dict[str, Any]:
 
 
 def _stage_spec(
-    registration: Registration, params: Mapping[str, Any], params_file: str
+    registration: Registration,
+    params: Mapping[str, Any],
+    params_file: str,
+    prints: Mapping[str, StageFingerprint] | None,
 ) -> StageSpec:
+    """The spec of a registered stage, with its code and params fingerprints if
+    ``prints`` (by stage) has them: computed here, next to the code."""
     name = registration.name
     takes_params = _takes_params(registration)
     stage_params: dict[str, Any] | None = None
@@ -368,12 +346,16 @@ def _stage_spec(
                 f"which is not a table; write it as a [{name}] section"
             )
         stage_params = cast("dict[str, Any]", entry)
+    fingerprint = prints[name] if prints is not None else None
     return StageSpec(
         name=name,
         module=registration.module,
         deps=tuple(normalize_stage_path(name, p, "dep") for p in registration.deps),
         outs=tuple(normalize_stage_path(name, p, "out") for p in registration.outs),
         params=stage_params,
+        code_fingerprint=fingerprint.code if fingerprint is not None else "",
+        code_parts=fingerprint.parts if fingerprint is not None else {},
+        params_digest=params_digest(stage_params) if fingerprint is not None else "",
     )
 
 
