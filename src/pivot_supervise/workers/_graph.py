@@ -269,6 +269,12 @@ class _Columns:
             self.labels[index], self.digests[index] = node.label, node.digest
             self.edges[index], self.checks[index] = edges, check
 
+    def set_check(self, index: int, check: Check) -> None:
+        """A kept node's new check (its code moved; its label, digest and edges stay)."""
+        if check != self.checks[index]:
+            self._own()
+            self.checks[index] = check
+
     def add(self, node: Node, locator: Locator | None, check: Check | None) -> None:
         self._own()
         self.labels.append(node.label)
@@ -800,7 +806,7 @@ class Graph:
         for index in range(count, len(nodes)):
             columns.add(nodes[index], self.locators.get(index), self._check(nodes[index]))
         for index, check in moved.items():
-            columns.set(index, nodes[index], check)
+            columns.set_check(index, check)
         lookups = recording.lookups
         new_lookups = {module: lookups[module] for module in lookups if module not in failed}
         lookups_changed = bool(failed)

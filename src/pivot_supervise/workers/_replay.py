@@ -36,6 +36,7 @@ module at a time in C (``map``, ``attrgetter``).
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import marshal
@@ -73,6 +74,8 @@ _PLAIN = operator.attrgetter("__qualname__", "__module__", "__kwdefaults__")
 #: give each function a ``__dict__`` of its own).
 _NOTHING = {None}
 _FUNCTION_TYPES = {_FUNCTION}
+#: ``True`` as often as asked: marks a group's nodes in C (``deque(map(...), maxlen=0)``).
+_TRUE = itertools.repeat(True)
 
 
 @dataclass(slots=True)
@@ -268,8 +271,7 @@ class _Group:
             and list(map(_PLAIN, funcs)) == self.plain
             and checker.all_defaults(list(map(_DEFAULTS, funcs))) == self.defaults
         ):
-            for index in self.indices:
-                same[index] = True
+            collections.deque(map(same.__setitem__, self.indices, _TRUE), maxlen=0)
             checker.sources.update(self.source)
             return
         self._check_some(list(range(len(funcs))), funcs, namespace, same, checker)
