@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from conftest import python_json
 from pivot_supervise.workers._fingerprint import fingerprint_stages, open_code_cache
+from pivot_supervise.workers._graph import Graph
 from pivot_supervise.workers._loader import load_pipeline
 
 WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=6)
@@ -236,3 +237,42 @@ def test_fingerprints_agree_across_processes_with_different_hash_seeds(
     assert [(run["hits"], run["misses"]) for run in runs[1:]] == [(runs[0]["misses"], 0)] * 2
     assert runs[0]["replayed"] == [False] * len(roots)
     assert [run["replayed"] for run in runs[1:]] == [[True] * len(roots)] * 2
+
+
+KEYS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.text(max_size=4), st.binary(max_size=3)
+)
+SCALARS = st.one_of(KEYS, st.floats(allow_nan=False))
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(tuple),
+        st.lists(inner, max_size=4),
+        st.dictionaries(KEYS, inner, max_size=4),
+        st.sets(KEYS, max_size=4),
+        st.frozensets(KEYS, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+def written(value: object) -> str:
+    """How a walk writes a value of builtin types, spelled out item by item."""
+    if isinstance(value, tuple):
+        return "(" + "".join(written(item) + "," for item in value) + ")"
+    if isinstance(value, list):
+        return "[" + "".join(written(item) + "," for item in value) + ")"
+    if isinstance(value, dict):
+        return "{" + "".join(f"{written(k)}:{written(v)}," for k, v in value.items()) + "}"
+    if isinstance(value, set | frozenset):
+        return f"{type(value).__name__}{{" + ",".join(sorted(map(written, value))) + "}"
+    return repr(value)
+
+
+@given(value=VALUES)
+def test_a_value_is_written_the_same_whether_its_items_are_all_scalars_or_not(
+    value: object,
+) -> None:
+    """Containers of scalars are written in C, others item by item: both the same way,
+    so that no fingerprint depends on which path a value took."""
+    assert Graph({}).plain_text(value) == written(value)

@@ -221,13 +221,15 @@ def open_code_cache(state_dir: Path) -> CodeAnalysisCache:
 def prepare_fingerprints(state_dir: Path) -> None:
     """Do the first fingerprinting's one-time work now, in a worker still waiting for
     its generation: version the cache (this module's file is read for that), read the
-    cache file of ``state_dir`` ahead, for the next :func:`open_code_cache`, and prepare
-    the graph it keeps for a replay."""
+    cache file of ``state_dir`` ahead, for the next :func:`open_code_cache`, prepare
+    the graph it keeps for a replay, and warm the walk's paths up (see
+    :meth:`Graph.warm_up`)."""
     # The signature is taken before the read: a write in between makes the load read again.
     signature = _file_signature(cache_file(state_dir))
     cache = CodeAnalysisCache.open(state_dir, _analysis_version())
     _replay_of(cache)
     _read_ahead[state_dir] = (signature, cache)
+    Graph({}).warm_up()
 
 
 #: Caches read ahead by :func:`prepare_fingerprints`, by state directory: the file's

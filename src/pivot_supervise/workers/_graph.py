@@ -93,6 +93,12 @@ _MISSING = object()
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
 
 
+def _all_scalars(items: Iterable[object]) -> bool:
+    """Whether every item is one :meth:`Graph._value` writes as its ``repr`` (checked in
+    C: the items of a constant are mostly strings and numbers)."""
+    return all(map(isinstance, items, itertools.repeat(_SCALARS)))
+
+
 def _blake(text: str) -> str:
     return _blake_bytes(text.encode("utf-8", "surrogatepass"))
 
@@ -728,6 +734,17 @@ class Graph:
         """The index of the node of ``obj``, if it has one (constants do not)."""
         return self._by_id.get(id(obj))
 
+    def warm_up(self) -> None:
+        """Analyse code and write values as a walk does, keeping nothing, so that a
+        later walk or replay runs these paths specialised: their first calls in a
+        process cost several times the next (~60 us for the first analysis here).  A
+        standby worker does this before its load; a fresh graph is used for it."""
+        for _ in range(3):
+            for code in (Graph.build.__code__, Graph._analyse.__code__, _scan.__code__):
+                self._codes.clear()
+                self._analyse(code)
+            self.plain_text((1, "a", (2.0, None), {"k": [b"x", {0}]}, frozenset({"a", "b"})))
+
     def plain_text(self, value: object) -> str | None:
         """How a walk serialises ``value`` (a defaults tuple); ``None`` if that reaches
         project code (so this graph is for rendering only)."""
@@ -955,29 +972,43 @@ class Graph:
             out.append("(" if isinstance(value, tuple) else "[")
             if kind not in (tuple, list):
                 out.append(f"<{qualified_name(kind)}>")
-            for item in cast("Iterable[object]", value):
-                self._value(item, out, edges, path)
-                out.append(",")
+            items = cast("Sequence[object]", value)
+            if _all_scalars(items):  # each item as _value writes it, in C
+                out.append(",".join(map(repr, items)) + "," if items else "")
+            else:
+                for item in items:
+                    self._value(item, out, edges, path)
+                    out.append(",")
             out.append(")")
         elif isinstance(value, dict):
             out.append("{")
-            for key, item in cast("dict[object, object]", value).items():
-                self._value(key, out, edges, path)
-                out.append(":")
-                self._value(item, out, edges, path)
-                out.append(",")
+            mapping = cast("dict[object, object]", value)
+            if _all_scalars(mapping) and _all_scalars(mapping.values()):
+                keys, values = map(repr, mapping), map(repr, mapping.values())
+                pairs = map(":".join, zip(keys, values, strict=True))
+                out.append(",".join(pairs) + "," if mapping else "")
+            else:
+                for key, item in mapping.items():
+                    self._value(key, out, edges, path)
+                    out.append(":")
+                    self._value(item, out, edges, path)
+                    out.append(",")
             out.append("}")
         elif isinstance(value, set | frozenset):
             # The iteration order of a set depends on the hash seed: sort the elements'
             # serialisations instead.
-            items: list[str] = []
-            for item in cast("Iterable[object]", value):
-                one: list[str] = []
-                self._value(item, one, edges, path)
-                items.append("".join(one))
-            items.sort()
+            members = cast("Iterable[object]", value)
+            if _all_scalars(members):
+                texts = list(map(repr, members))
+            else:
+                texts: list[str] = []
+                for item in members:
+                    one: list[str] = []
+                    self._value(item, one, edges, path)
+                    texts.append("".join(one))
+            texts.sort()
             out.append("set{" if isinstance(value, set) else "frozenset{")
-            out.append(",".join(items))
+            out.append(",".join(texts))
             out.append("}")
         else:
             self._wrapper(value, kind, out, edges, path)
