@@ -99,6 +99,8 @@ class CodeAnalysisCache:
         self._header = header
         self._stored: _Entries = stored or {}
         self._used: _Entries = {}
+        #: The source digests whose stored analyses :meth:`save` carries over.
+        self._kept: set[str] = set()
         #: The last graph, as read from the file (plain data; ``None``: none kept).
         self.graph = graph
         self._graph_changed = False
@@ -207,10 +209,8 @@ class CodeAnalysisCache:
     def keep(self, digest: str) -> None:
         """Carry the stored analyses of the source ``digest`` over to the next file,
         as if each had been looked up (a replayed graph needs them again only once
-        their code changes)."""
-        stored = self._stored.get(digest)
-        if stored:
-            self._used.setdefault(digest, {}).update(stored)
+        their code changes).  Done when the file is written, off a load's path."""
+        self._kept.add(digest)
 
     def set_graph(self, graph: object) -> None:
         """Replace the last graph (plain data ``marshal`` can write); saved by :meth:`save`."""
@@ -234,7 +234,14 @@ class CodeAnalysisCache:
         new or the graph changed; never raises."""
         if not self.misses and not self._graph_changed:
             return
-        content = cast("tuple[object, ...]", (self._header, self._used, self.graph))
+        used = self._used
+        for digest in self._kept:
+            kept = dict(self._stored.get(digest) or {})
+            kept.update(used.get(digest, {}))  # what this load looked up or made wins
+            if kept:
+                used[digest] = kept
+        self._kept.clear()
+        content = cast("tuple[object, ...]", (self._header, used, self.graph))
         data = seal(_MAGIC, marshal.dumps(content))  # pyright: ignore[reportArgumentType]
         try:
             if not self.path.parent.is_dir():

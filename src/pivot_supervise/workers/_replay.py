@@ -156,7 +156,11 @@ class Replay:
             _Lookups(module, names, recording.users.get(module, ()), recording.locators)
             for module, names in recording.lookups.items()
         ]
-        self._reach = {stage: frozenset(record[4]) for stage, record in recording.stages.items()}
+        #: The stages that reach each node.
+        self._stages_of: dict[int, list[str]] = {}
+        for stage, record in recording.stages.items():
+            for node in record[4]:
+                self._stages_of.setdefault(node, []).append(stage)
 
     # ------------------------------------------------------------------ finding nodes
 
@@ -212,8 +216,8 @@ class Replay:
 
     def affected(self, changed: Iterable[int]) -> list[str]:
         """The stages that reach any of the ``changed`` nodes."""
-        changed = set(changed)
-        return [stage for stage, reach in self._reach.items() if not changed.isdisjoint(reach)]
+        found = map(self._stages_of.get, changed, itertools.repeat(()))
+        return list(set(itertools.chain.from_iterable(found)))
 
 
 class _Group:
