@@ -334,6 +334,42 @@ def test_a_value_computed_at_import_time_is_serialised_again(
     assert changed(before, after) == {"a", "b"}
 
 
+@pytest.mark.parametrize("calls", ["fixed() + computed()", "computed() + fixed()"])
+def test_a_default_computed_at_import_is_not_taken_for_a_constant_that_reads_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, calls: str
+) -> None:
+    """Two functions of a module whose defaults read alike, a constant and a value
+    computed at import: each is checked for itself, whichever the replay meets first."""
+    defaults = """
+        import os
+
+        def fixed(x=3):
+            return x
+
+        def computed(x=int(os.environ["V"])):
+            return x
+    """
+    pipeline = f"""
+        from pivot_supervise.pipeline._stage import stage
+        from defaults import computed, fixed
+
+        @stage(outs=["a.txt"])
+        def a():
+            return {calls}
+
+        @stage(outs=["b.txt"])
+        def b():
+            return fixed()
+    """
+    write(tmp_path, {"pipeline.py": pipeline, "defaults.py": defaults})
+    monkeypatch.setenv("V", "3")
+    before, _ = fingerprint(tmp_path)
+    monkeypatch.setenv("V", "4")
+    after, stats = fingerprint(tmp_path)
+    assert stats.replayed
+    assert changed(before, after) == {"a"}
+
+
 def test_a_stage_added_or_removed_is_followed_through_the_graph(tmp_path: Path) -> None:
     write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
     before, _ = fingerprint(tmp_path)

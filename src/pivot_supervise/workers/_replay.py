@@ -226,12 +226,15 @@ class _Group:
     __slots__ = (
         "checks",
         "contents",
+        "default_slots",
+        "default_texts",
         "defaults",
         "filename",
         "indices",
         "module",
         "paths",
         "plain",
+        "showing",
         "source",
         "top_level",
     )
@@ -249,6 +252,17 @@ class _Group:
         )
         self.plain = [(check[4], check[5], None) for check in checks]
         self.defaults = [check[6] for check in checks]
+        # The distinct texts of defaults, the first function showing each, and which
+        # one each function has: the fast check renders one tuple per text, and asks
+        # of every other function the very same tuple (a module's functions share the
+        # constant tuple of their defaults, and ``None``).
+        first: dict[str | None, int] = {}
+        for member, text in enumerate(self.defaults):
+            first.setdefault(text, member)
+        self.default_texts = list(first)
+        self.showing = list(first.values())
+        slot = {text: number for number, text in enumerate(first)}
+        self.default_slots = [slot[text] for text in self.defaults]
         self.contents = [check[7] for check in checks]
         self.checks = checks
 
@@ -269,11 +283,13 @@ class _Group:
             compiled is not None
             and compiled[0] in self.source
             and self._same_code(compiled[1], funcs)
-            and set(map(id, map(_GLOBALS, funcs))) == {id(namespace)}
+            # Equal globals would do as well as the module's own (the same names bound
+            # the same way): ``count`` compares in C, identity first.
+            and list(map(_GLOBALS, funcs)).count(namespace) == len(funcs)
             and set(map(getattr, funcs, itertools.repeat("__wrapped__"), itertools.repeat(None)))
             == _NOTHING
             and list(map(_PLAIN, funcs)) == self.plain
-            and checker.all_defaults(list(map(_DEFAULTS, funcs))) == self.defaults
+            and self._same_defaults(list(map(_DEFAULTS, funcs)), checker)
         ):
             collections.deque(map(same.__setitem__, self.indices, _TRUE), maxlen=0)
             checker.sources.update(self.source)
@@ -281,17 +297,27 @@ class _Group:
         self._check_some(list(range(len(funcs))), funcs, namespace, same, checker)
 
     def _same_code(self, module_code: types.CodeType, funcs: list[Any]) -> bool:
-        """Whether each function runs the code at its recorded place in the tree."""
+        """Whether each function runs the code at its recorded place in the tree (or
+        code equal to it, which is analysed alike: compared in C, identity first)."""
         if self.top_level is not None:
             consts = module_code.co_consts
             if max(self.top_level, default=-1) >= len(consts):
                 return False
-            expected = map(consts.__getitem__, self.top_level)
-            return all(map(operator.is_, map(_CODE, funcs), expected))
+            return list(map(_CODE, funcs)) == list(map(consts.__getitem__, self.top_level))
         return all(
             follow(module_code, path) is func.__code__
             for path, func in zip(self.paths, funcs, strict=True)
         )
+
+    def _same_defaults(self, defaults: list[object], checker: _Checker) -> bool:
+        """Whether each function's defaults read as recorded: the first function of
+        each recorded text has defaults of that text, and every other one the very
+        same tuple as the first of its text."""
+        shown = list(map(defaults.__getitem__, self.showing))
+        if checker.all_defaults(shown) != self.default_texts:
+            return False
+        expected = map(shown.__getitem__, self.default_slots)
+        return all(map(operator.is_, defaults, expected))
 
     def _check_some(
         self,
