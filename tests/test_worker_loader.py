@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import python_json
 from pivot_supervise.workers._loader import PipelineLoadError, load_pipeline
 
 HEADER = "from pivot_supervise.pipeline._stage import stage\n"
@@ -215,3 +216,30 @@ def test_a_stage_requiring_other_arguments_is_refused(tmp_path: Path) -> None:
 
 def test_a_missing_pipeline_file_is_a_load_error(tmp_path: Path) -> None:
     assert load_error(tmp_path).message == "pipeline file 'pipeline.py' does not exist"
+
+
+#: Loads the project of ``argv[1]`` in a fresh interpreter, freezing the heap or not
+#: (``argv[2]``), and says what the garbage collector looks like afterwards.
+FREEZE_CHILD = """
+import gc, json, sys
+from pathlib import Path
+from pivot_supervise.workers._loader import load_pipeline
+loaded = load_pipeline(Path(sys.argv[1]), "pipeline.py", "params.toml",
+                       freeze_heap=sys.argv[2] == "freeze")
+codes = [spec.code_fingerprint for spec in loaded.snapshot.stages]
+print(json.dumps({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count(),
+                  "fingerprinted": all(codes)}))
+"""
+
+
+@pytest.mark.parametrize("freeze", [True, False], ids=["freeze_heap", "default"])
+def test_a_load_may_freeze_the_heap_and_always_leaves_collections_on(
+    tmp_path: Path, freeze: bool
+) -> None:
+    """A worker's load freezes the heap as soon as the stages are fingerprinted, before
+    collections resume; any other load leaves the heap alone.  Both leave the garbage
+    collector on, and the stages fingerprinted."""
+    write(tmp_path, {"pipeline.py": GOOD, "helpers.py": "def copy(a, b):\n    pass\n"})
+    found = python_json(FREEZE_CHILD, str(tmp_path), "freeze" if freeze else "no")
+    assert found["enabled"] and found["fingerprinted"]
+    assert (found["frozen"] > 0) == freeze

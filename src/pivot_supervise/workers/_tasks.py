@@ -350,7 +350,7 @@ def _validate(request: LoadRequest, pid: int) -> _WorkerState:
         if pipeline_file is None or params_file is None:
             pipeline_file, params_file = pipeline_files(root)
         os.chdir(root)
-        loaded = load_pipeline(root, pipeline_file, params_file, save_cache=False)
+        loaded = load_pipeline(root, pipeline_file, params_file, save_cache=False, freeze_heap=True)
         validated = ValidatedPipeline(
             generation=request.generation,
             validator_pid=pid,
