@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import marshal
+import operator
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -100,30 +101,55 @@ class Recording:
 
 
 def code_content(code: types.CodeType) -> bytes | None:
-    """A digest of everything ``code`` is but where it is (its ``marshal`` form, nested
-    code included, with no line numbers): equal digests are equal code, whichever line,
+    """A digest of everything ``code`` is but where it is (its fields, nested code
+    included, but its line numbers): equal digests are equal code, whichever line,
     version of its file or compilation it came from.
 
     How a replay keeps the functions of a saved file whose code did not change, lines
-    added above them or not (line numbers never count in a fingerprint either).  Format
-    2 is the last without back-references: later formats write a constant once and
-    refer to it after, but only if something else holds it at the time, so the same
-    code could be written two ways.  ``None`` for code ``marshal`` cannot write.
+    added above them or not (line numbers never count in a fingerprint either).  The
+    fields are written with ``marshal`` format 2, the last without back-references:
+    later formats write a constant once and refer to it after, but only if something
+    else holds it at the time, so the same code could be written two ways.  A tuple of
+    the fields rather than a copy of the code without its lines: ``code.replace`` cost
+    as much as the rest.  ``None`` for code ``marshal`` cannot write.
     """
     try:
-        return hashlib.blake2b(marshal.dumps(_placeless(code), 2), digest_size=16).digest()
+        written = marshal.dumps(_placeless(code), 2)  # pyright: ignore[reportArgumentType]
+        return hashlib.blake2b(written, digest_size=16).digest()
     except ValueError:
         return None
 
 
-def _placeless(code: types.CodeType) -> types.CodeType:
-    """``code`` without its line numbers (nor its nested code's)."""
-    consts = code.co_consts
-    if any(type(const) is types.CodeType for const in consts):
+#: What a code object is but for its place (``co_firstlineno``, ``co_linetable``) and
+#: its constants (which :func:`_placeless` writes apart, nested code included).
+_FIELDS = operator.attrgetter(
+    "co_argcount",
+    "co_posonlyargcount",
+    "co_kwonlyargcount",
+    "co_nlocals",
+    "co_stacksize",
+    "co_flags",
+    "co_code",
+    "co_names",
+    "co_varnames",
+    "co_freevars",
+    "co_cellvars",
+    "co_filename",
+    "co_name",
+    "co_qualname",
+    "co_exceptiontable",
+)
+
+
+def _placeless(code: types.CodeType) -> tuple[object, ...]:
+    """``code``'s fields and constants, nested code in them as a list of its own (a
+    constant is never a list, so the two cannot be confused)."""
+    consts: tuple[object, ...] = code.co_consts
+    if types.CodeType in map(type, consts):
         consts = tuple(
-            _placeless(const) if type(const) is types.CodeType else const for const in consts
+            [_placeless(const)] if type(const) is types.CodeType else const for const in consts
         )
-    return code.replace(co_firstlineno=1, co_linetable=b"", co_consts=consts)
+    return _FIELDS(code), consts
 
 
 def library_text(value: object, modules: Mapping[str, object]) -> str | None:
