@@ -43,7 +43,7 @@ import marshal
 import operator
 import sys
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -625,24 +625,26 @@ def _fingerprint_again(
     """Fingerprint the ``affected`` stages again, into ``stages`` (the recorded
     records, but for the stages rooted anew).
 
-    With the graph's shape and labels as recorded, a stage is restamped with the new
-    digests of the ``changed`` nodes it reaches.  Otherwise it is recorded again from
-    what it reaches now (``shape``: the graph's columns, and the edges gained by
-    recorded nodes if none lost any; see :func:`_reach_now`).
+    A stage that reaches the nodes it reached, under the labels they had, is
+    restamped with the new digests of the ``changed`` ones.  Otherwise it is recorded
+    again from what it reaches now (``shape``: the graph's columns, and the edges
+    gained by recorded nodes if none lost any; see :func:`_reach_now`).
     """
     columns = shape[0] if shape is not None else None
     for stage in affected:
+        old = stages.get(stage)  # None: rooted anew (in a new shape)
+        reach: Collection[int] = old[4] if old is not None else ()
+        same_nodes = old is not None
+        if shape is not None:
+            columns = columns or graph.columns()
+            reach = _reach_now(graph, columns, roots[stage], old, shape[1])
+            same_nodes = old is not None and reach == set(old[4])
         record = None
-        if shape is None and not relabelled:
-            record = graph.restamp(stages[stage], changed.intersection(stages[stage][4]))
+        if old is not None and same_nodes and not relabelled:
+            record = graph.restamp(old, changed.intersection(old[4]))
         if record is None:
             columns = columns or graph.columns()
-            root = roots[stage]
-            if shape is not None:
-                reach = _reach_now(graph, columns, root, stages.get(stage), shape[1])
-            else:
-                reach = stages[stage][4]
-            record = graph.stage_record(columns, root, reach)
+            record = graph.stage_record(columns, roots[stage], reach)
         stages[stage] = record
 
 
