@@ -278,6 +278,24 @@ MOODY = {
         """,
         False,
     ),
+    "a module's name given to a value that will not be compared": (
+        """
+        import json as codec
+
+        class Touchy:
+            def __eq__(self, other):
+                raise ValueError("the truth value is ambiguous")
+
+            __hash__ = object.__hash__
+
+        if MODE == "fast":
+            codec = Touchy()
+
+        def probe(x):
+            return codec.dumps(x)
+        """,
+        True,  # probe now reaches the class Touchy
+    ),
 }
 
 MOODY_PIPELINE = """

@@ -74,6 +74,7 @@ _PLAIN = operator.attrgetter("__qualname__", "__module__", "__kwdefaults__")
 #: give each function a ``__dict__`` of its own).
 _NOTHING = {None}
 _FUNCTION_TYPES = {_FUNCTION}
+_NAME = operator.attrgetter("__name__")
 #: ``True`` as often as asked: marks a group's nodes in C (``deque(map(...), maxlen=0)``).
 _TRUE = itertools.repeat(True)
 
@@ -283,9 +284,7 @@ class _Group:
             compiled is not None
             and compiled[0] in self.source
             and self._same_code(compiled[1], funcs)
-            # Equal globals would do as well as the module's own (the same names bound
-            # the same way): ``count`` compares in C, identity first.
-            and list(map(_GLOBALS, funcs)).count(namespace) == len(funcs)
+            and all(map(operator.is_, map(_GLOBALS, funcs), itertools.repeat(namespace)))
             and set(map(getattr, funcs, itertools.repeat("__wrapped__"), itertools.repeat(None)))
             == _NOTHING
             and list(map(_PLAIN, funcs)) == self.plain
@@ -498,9 +497,13 @@ class _Lookups:
             return False
         if not namespace.keys().isdisjoint(self.unbound):
             return False
-        for name, module_name in zip(self.module_names, self.modules, strict=True):
-            value = namespace.get(name, ABSENT)
-            if value is not sys.modules.get(module_name) or value.__name__ != module_name:
+        if self.modules:
+            # The very modules (by identity: a value bound instead could compare equal
+            # to anything, or raise), under the same names.
+            bound = list(map(namespace.get, self.module_names, itertools.repeat(ABSENT)))
+            if not all(map(operator.is_, bound, map(sys.modules.get, self.modules))):
+                return False
+            if list(map(_NAME, bound)) != self.modules:
                 return False
         return all(
             library_text(namespace.get(name, ABSENT), modules) == text
