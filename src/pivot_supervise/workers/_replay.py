@@ -116,23 +116,24 @@ class Replay:
 
     def __init__(self, recording: Recording) -> None:
         self.recording = recording
-        binds: dict[str, tuple[list[str], list[int]]] = {}
-        roots: tuple[list[str], list[int]] = ([], [])
+        #: Per node, where to look it up (a module's name, :data:`_STAGES`, or ``None``
+        #: for a node found through another one) and under what name.
+        self._sources: list[str | None] = []
+        self._keys: list[str] = []
         others: list[tuple[int, Locator]] = []
         for index, locator in enumerate(recording.locators):
-            if locator is None:
-                continue
-            if locator[0] == "b":
-                names, indices = binds.setdefault(locator[1], ([], []))
-                names.append(locator[2])
-                indices.append(index)
-            elif locator[0] == "s":
-                roots[0].append(locator[1])
-                roots[1].append(index)
+            if locator is not None and locator[0] == "b":
+                self._sources.append(locator[1])
+                self._keys.append(locator[2])
+            elif locator is not None and locator[0] == "s":
+                self._sources.append(_STAGES)
+                self._keys.append(locator[1])
             else:
-                others.append((index, locator))
-        self._binds = binds
-        self._roots = roots
+                self._sources.append(None)
+                self._keys.append("")
+                if locator is not None:
+                    others.append((index, locator))
+        self._bound_in = sorted({s for s in self._sources if s is not None and s != _STAGES})
         self._others = others
         #: The nodes whose objects name them (all but constants, named by module and name).
         self.identified = [i for i, kind in enumerate(recording.kinds) if kind != "const"]
@@ -168,21 +169,15 @@ class Replay:
     def locate(self, functions: Mapping[str, object]) -> list[Any]:
         """Each recorded node's object in this process, or :data:`ABSENT` (whether it
         is still of its node's kind is checked by whoever uses it)."""
-        recording = self.recording
-        objects: list[Any] = [ABSENT] * len(recording.labels)
-        modules = sys.modules
-        for module_name, (names, indices) in self._binds.items():
-            module = modules.get(module_name)
-            if type(module) is not types.ModuleType:
-                continue
-            found = map(vars(module).get, names, itertools.repeat(ABSENT))
-            for index, value in zip(indices, found, strict=True):
-                objects[index] = value
-        stages, indices = self._roots
-        for index, value in zip(
-            indices, map(functions.get, stages, itertools.repeat(ABSENT)), strict=True
-        ):
-            objects[index] = value
+        namespaces: dict[str | None, dict[str, Any]] = {_STAGES: dict(functions)}
+        for name in self._bound_in:
+            module = sys.modules.get(name)
+            if type(module) is types.ModuleType:
+                namespaces[name] = vars(module)
+        # A lookup per node, in C: in the namespace of its source (none: an empty one),
+        # under its name.
+        where = map(namespaces.get, self._sources, itertools.repeat(_EMPTY))
+        objects: list[Any] = list(map(_GET, where, self._keys, itertools.repeat(ABSENT)))
         for index, locator in self._others:
             objects[index] = _follow(locator, objects)
         return objects
@@ -509,6 +504,19 @@ class _Lookups:
             library_text(namespace.get(name, ABSENT), modules) == text
             for name, text in zip(self.text_names, self.texts, strict=True)
         )
+
+
+#: The source of the nodes that are stage functions (see :meth:`Replay.locate`).
+_STAGES = "\0stages"
+
+
+#: Where a node found through another one is looked up by name (see :meth:`Replay.locate`).
+_EMPTY: dict[str, Any] = {}
+#: ``dict.get``, called with the dict: a lookup in any of several dicts, in C.
+_GET = cast(
+    "Callable[[dict[str, Any], str, object], object]",
+    dict.get,  # pyright: ignore[reportUnknownMemberType]
+)
 
 
 def _follow(locator: Locator, objects: list[Any]) -> Any:
