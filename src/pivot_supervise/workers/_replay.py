@@ -19,10 +19,12 @@ nearly every node comes out exactly as before.  So the last walk is kept (a
 A node that passes keeps its recorded digest and edges.  Every other node found again
 (a changed function, a class, a constant, a closure...) is serialised and hashed as in a
 full walk, and so is whatever new it references.  Only the stages that reach a node
-whose label, digest or edges changed are fingerprinted again: through their recorded
-nodes if the graph's shape is unchanged, through the graph as it is now otherwise.  The
-result is the same as a full walk's, exactly: the checks cover everything a node's text
-is made of, and anything they cannot cover is hashed again.
+whose label, digest or edges changed are fingerprinted again: restamped with the new
+digests if they reach the nodes they reached, under the same labels; recorded anew
+from what they reach now otherwise (after edges were only added, what a stage reached
+and what the new edges lead to).  The result is the same as a full walk's, exactly:
+the checks cover everything a node's text is made of, and anything they cannot cover
+is hashed again.
 
 A stage added, or whose function is another one now, is followed through the graph.
 Nodes no stage reaches any more (a call or a stage removed, code no longer found) stay
@@ -31,7 +33,9 @@ is one whose project modules changed, or where two recorded nodes are one object
 
 What this saves is the serialising and hashing of every unchanged node, and the ranking
 and reachability over the whole graph; what it costs is a few lookups per node, done a
-module at a time in C (``map``, ``attrgetter``).
+module at a time in C (``map``, ``attrgetter``, list comparisons).  The recorded nodes
+become :class:`._graph.Node` objects only when read, and a worker waiting for its
+generation prepares the lookups (:class:`Replay`), so that a load only checks.
 """
 
 from __future__ import annotations
