@@ -237,6 +237,7 @@ class _Group:
         "showing",
         "source",
         "top_level",
+        "top_max",
     )
 
     def __init__(self, module: str, filename: str, indices: list[int], checks: list[Check]) -> None:
@@ -250,6 +251,7 @@ class _Group:
         self.top_level = (
             [path[0] for path in self.paths] if all(len(p) == 1 for p in self.paths) else None
         )
+        self.top_max = max(self.top_level, default=-1) if self.top_level is not None else -1
         self.plain = [(check[4], check[5], None) for check in checks]
         self.defaults = [check[6] for check in checks]
         # The distinct texts of defaults, the first function showing each, and which
@@ -299,7 +301,7 @@ class _Group:
         code equal to it, which is analysed alike: compared in C, identity first)."""
         if self.top_level is not None:
             consts = module_code.co_consts
-            if max(self.top_level, default=-1) >= len(consts):
+            if self.top_max >= len(consts):
                 return False
             return list(map(_CODE, funcs)) == list(map(consts.__getitem__, self.top_level))
         return all(
@@ -312,7 +314,7 @@ class _Group:
         each recorded text has defaults of that text, and every other one the very
         same tuple as the first of its text."""
         shown = list(map(defaults.__getitem__, self.showing))
-        if checker.all_defaults(shown) != self.default_texts:
+        if list(map(checker.defaults, shown)) != self.default_texts:
             return False
         expected = map(shown.__getitem__, self.default_slots)
         return all(map(operator.is_, defaults, expected))
@@ -406,16 +408,6 @@ class _Checker:
         if key not in texts:
             texts[key] = self._text(defaults)
         return texts[key]
-
-    def all_defaults(self, defaults: list[object]) -> list[str | None]:
-        """:meth:`defaults` of each, rendering each distinct tuple once."""
-        keys = list(map(id, defaults))
-        texts = self._texts
-        distinct = dict(zip(keys, defaults, strict=True))
-        for key in distinct.keys() - texts.keys():
-            value = distinct[key]
-            texts[key] = None if value is None else self._text(value)
-        return list(map(texts.__getitem__, keys))
 
     def _text(self, value: object) -> str | None:
         try:
