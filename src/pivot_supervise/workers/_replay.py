@@ -149,11 +149,16 @@ class Replay:
             if kind == "const" and locator is not None
         ]
         groups: dict[tuple[str, str], tuple[list[int], list[Check]]] = {}
-        for index, check in enumerate(recording.checks):
-            if check is not None:
-                indices, checks = groups.setdefault((check[0], check[1]), ([], []))
-                indices.append(index)
-                checks.append(check)
+        # A module's functions in the order their code is in its file's compilation, which
+        # is the order they were made in, near each other in memory.
+        placed = sorted(
+            (check[3], index) for index, check in enumerate(recording.checks) if check is not None
+        )
+        for _, index in placed:
+            check = cast("Check", recording.checks[index])
+            indices, checks = groups.setdefault((check[0], check[1]), ([], []))
+            indices.append(index)
+            checks.append(check)
         self._groups = [
             _Group(module, filename, indices, checks)
             for (module, filename), (indices, checks) in groups.items()
