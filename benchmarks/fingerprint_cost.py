@@ -15,7 +15,7 @@ cache.  A validating worker saves it behind its reply, so the write is timed apa
 (``write``).  Prints the medians and their ratio; the target is at most 20 % of the load
 time.
 
-The fingerprinting is the loader's own step (``fingerprint_load``).  In a fresh process
+The fingerprinting is the loader's own call (``fingerprint_stages``).  In a fresh process
 it freezes the heap before garbage collections resume, as a validating worker does
 (its heap is frozen after the load anyway); in this process it does not, so that
 row also pays the collection that follows fingerprinting.
@@ -152,8 +152,7 @@ import json, sys, time
 from pathlib import Path
 from pivot_supervise.workers._fingerprint import (
     ReplayStats, fingerprint_stages, open_code_cache)
-from pivot_supervise.workers._loader import (
-    STATE_DIR, fingerprint_load, load_pipeline, prepare_for_load)
+from pivot_supervise.workers._loader import STATE_DIR, load_pipeline, prepare_for_load
 
 def run(root, mode, freeze_heap=False):
     prepare_for_load(root)  # what a standby worker does while it waits
@@ -162,8 +161,8 @@ def run(root, mode, freeze_heap=False):
     middle = time.perf_counter()
     stats = ReplayStats()
     cache = None if mode == "none" else open_code_cache(root / STATE_DIR)
-    fps = fingerprint_load(loaded.functions, root, loaded.modules, cache,
-                           freeze_heap=freeze_heap, stats=stats)
+    fps = fingerprint_stages(loaded.functions, root, modules=loaded.modules, cache=cache,
+                             stats=stats, freeze_heap=freeze_heap)
     end = time.perf_counter()
     if cache is not None:
         cache.save()

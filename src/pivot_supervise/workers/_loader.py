@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import hashlib
 import inspect
 import os
@@ -35,7 +34,6 @@ from pivot_supervise.pipeline._registry import REGISTRY, Registration
 
 from ._codecache import CodeAnalysisCache
 from ._fingerprint import (
-    ReplayStats,
     StageFingerprint,
     fingerprint_stages,
     open_code_cache,
@@ -115,7 +113,7 @@ def load_pipeline(
     ``save_cache=False`` the code cache the fingerprints used is not written, but left
     in :attr:`LoadedPipeline.unsaved_cache` (a worker writes it after it answered).
     With ``freeze_heap``, the heap is frozen once the stages are fingerprinted (see
-    :func:`fingerprint_load`).
+    :func:`fingerprint_stages`): for a worker, which freezes it after the load anyway.
 
     Project code is always compiled from source (see :mod:`._imports`), and project
     modules imported by an earlier load in this process are purged first, so the load
@@ -254,7 +252,9 @@ def _load(
     if overlay is None and fingerprints:
         # Before the specs, which are then made once, with their fingerprints.
         cache = open_code_cache(root / STATE_DIR)
-        prints = fingerprint_load(functions, root, modules, cache, freeze_heap=freeze_heap)
+        prints = fingerprint_stages(
+            functions, root, modules=modules, cache=cache, freeze_heap=freeze_heap
+        )
         if save_cache:
             cache.save()
         else:
@@ -287,37 +287,6 @@ def _load(
         modules=modules,
         unsaved_cache=unsaved,
     )
-
-
-def fingerprint_load(
-    functions: Mapping[str, StageFunction],
-    root: Path,
-    modules: Mapping[str, Path],
-    cache: CodeAnalysisCache | None,
-    *,
-    freeze_heap: bool = False,
-    stats: ReplayStats | None = None,
-) -> dict[str, StageFingerprint]:
-    """The loader's fingerprinting of the stages just imported (see
-    :func:`fingerprint_stages`, which ``cache`` and ``stats`` are passed to).
-
-    With ``freeze_heap``, for a worker that freezes its heap after loading anyway (see
-    ``_tasks._freeze_heap``), the heap is frozen before garbage collections resume:
-    fingerprinting makes thousands of objects with collections off, and the first
-    allocation after they are back on would otherwise run a collection over them and
-    over everything the import made (~0.5 ms for 200 stages here) that the freeze
-    makes pointless.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        prints = fingerprint_stages(functions, root, modules=modules, cache=cache, stats=stats)
-        if freeze_heap:
-            gc.freeze()
-    finally:
-        if was_enabled:
-            gc.enable()
-    return prints
 
 
 def _module_name(root: Path, pipeline_file: str, *, must_exist: bool = True) -> str:
