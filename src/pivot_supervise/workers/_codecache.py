@@ -333,59 +333,51 @@ class _Compilation:
     one), and the comprehensions and lambdas inside functions are many.
     """
 
-    __slots__ = ("_count", "_level", "_path_level", "_paths", "digest", "module_code", "positions")
+    __slots__ = ("_count", "_level", "digest", "module_code", "paths", "positions")
 
     def __init__(self, digest: str, module_code: types.CodeType) -> None:
         self.digest = digest
         #: Referenced, so that no ``id`` in the map can be reused while it is in use.
         self.module_code = module_code
-        #: The positions numbered so far, by ``id`` of the code object.
+        #: The positions numbered so far, by ``id`` of the code object...
         self.positions = {id(module_code): 0}
+        #: ...and the path to each (the module code has none: it is no constant).
+        self.paths: dict[int, tuple[int, ...]] = {}
         self._count = 1
-        self._level = [module_code]
-        self._paths: dict[int, tuple[int, ...]] | None = None
-        self._path_level: list[tuple[types.CodeType, tuple[int, ...]]] = []
+        #: The deepest level indexed, each code object with its path.
+        self._level: list[tuple[types.CodeType, tuple[int, ...]]] = [(module_code, ())]
 
     def path(self, code: types.CodeType) -> tuple[int, ...] | None:
-        """See :meth:`CodeAnalysisCache.code_path` (the tree is indexed a level at a
-        time, as deep as a lookup needs, like positions)."""
-        if self._paths is None:
-            self._paths = {}
-            self._path_level = [(self.module_code, ())]
-        path = self._paths.get(id(code))
-        while path is None and self._path_level:
-            self._path_next_level(self._paths)
-            path = self._paths.get(id(code))
+        """See :meth:`CodeAnalysisCache.code_path`."""
+        path = self.paths.get(id(code))
+        while path is None and self._level:
+            self._index_next_level()
+            path = self.paths.get(id(code))
         return path
-
-    def _path_next_level(self, paths: dict[int, tuple[int, ...]]) -> None:
-        level: list[tuple[types.CodeType, tuple[int, ...]]] = []
-        for parent, parent_path in self._path_level:
-            for index, const in enumerate(parent.co_consts):
-                if type(const) is types.CodeType:
-                    level.append((const, (*parent_path, index)))
-        for const, path in level:
-            paths.setdefault(id(const), path)
-        self._path_level = level
 
     def position(self, code: types.CodeType) -> int | None:
         """Where ``code`` sits in this compilation, or ``None`` if it is not part of it."""
         position = self.positions.get(id(code))
         while position is None and self._level:
-            self._number_next_level()
+            self._index_next_level()
             position = self.positions.get(id(code))
         return position
 
-    def _number_next_level(self) -> None:
-        level = [
-            const
-            for parent in self._level
-            for const in parent.co_consts
+    def _index_next_level(self) -> None:
+        """Number the code objects one level deeper than the last, and note their paths."""
+        level: list[tuple[types.CodeType, tuple[int, ...]]] = [
+            (const, (*path, index))
+            for parent, path in self._level
+            for index, const in enumerate(parent.co_consts)
             if type(const) is types.CodeType
         ]
-        # What was numbered before keeps its number.
-        positions = dict(zip(map(id, level), itertools.count(self._count)))
+        ids = [id(code) for code, _ in level]
+        # What was indexed before keeps its number and its path.
+        positions = dict(zip(ids, itertools.count(self._count)))
         positions.update(self.positions)
         self.positions = positions
+        paths: dict[int, tuple[int, ...]] = dict(zip(ids, (path for _, path in level), strict=True))
+        paths.update(self.paths)
+        self.paths = paths
         self._count += len(level)
         self._level = level
