@@ -47,6 +47,7 @@ from ._recording import (
     Token,
     code_content,
     is_kind,
+    library_name,
     library_text,
     qualified_name,
 )
@@ -514,7 +515,7 @@ class Graph:
                 if known.findable:
                     self.locators.setdefault(index, ("b", known.name, name))
                 return value, f"{prefix}<fn {self.nodes[index].label}>;", (index,), None
-            return value, f"{prefix}<ext-fn {qualified_name(value)}>;", (), None
+            return value, f"{prefix}{library_name(value)};", (), None
         out = [prefix]
         edges: list[int] = []
         modules: dict[str, types.ModuleType] = {}
@@ -936,7 +937,7 @@ class Graph:
                 edges.append(index)
                 out.append(f"<fn {self.nodes[index].label}>")
             else:
-                out.append(f"<ext-fn {qualified_name(value)}>")
+                out.append(library_name(value))
             return
         if isinstance(value, type):
             if self._is_project_module(value.__module__):
@@ -944,7 +945,7 @@ class Graph:
                 edges.append(index)
                 out.append(f"<cls {self.nodes[index].label}>")
             else:
-                out.append(f"<ext-cls {qualified_name(value)}>")
+                out.append(library_name(value))
             return
         if isinstance(value, types.ModuleType):
             out.append(f"<module {value.__name__}>")

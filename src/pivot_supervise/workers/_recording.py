@@ -26,6 +26,7 @@ __all__ = [
     "Token",
     "code_content",
     "is_kind",
+    "library_name",
     "library_text",
     "qualified_name",
 ]
@@ -156,14 +157,17 @@ def library_text(value: object, modules: Mapping[str, object]) -> str | None:
     """How a walk renders a library (not project) function or class bound in project
     globals; ``None`` for anything else.  What a ``("x", text)`` token records."""
     if type(value) is _FUNCTION:
-        if value.__globals__.get("__name__") in modules:
-            return None
-        return f"<ext-fn {qualified_name(value)}>"
+        return None if value.__globals__.get("__name__") in modules else library_name(value)
     if isinstance(value, type):
-        if value.__module__ in modules:
-            return None
-        return f"<ext-cls {qualified_name(value)}>"
+        return None if value.__module__ in modules else library_name(value)
     return None
+
+
+def library_name(value: types.FunctionType | type) -> str:
+    """How a walk writes a library function or class: by its name alone (its code is
+    the environment's business)."""
+    kind = "fn" if type(value) is _FUNCTION else "cls"
+    return f"<ext-{kind} {qualified_name(value)}>"
 
 
 def qualified_name(obj: object) -> str:
