@@ -81,6 +81,15 @@ _FUNCTION_TYPES = {_FUNCTION}
 _NAME = operator.attrgetter("__name__")
 #: ``True`` as often as asked: marks a group's nodes in C (``deque(map(...), maxlen=0)``).
 _TRUE = itertools.repeat(True)
+#: The source of the nodes that are stage functions (see :meth:`Replay.locate`).
+_STAGES = "\0stages"
+#: Where a node found through another one is looked up by name (see :meth:`Replay.locate`).
+_EMPTY: dict[str, Any] = {}
+#: ``dict.get``, called with the dict: a lookup in any of several dicts, in C.
+_GET = cast(
+    "Callable[[dict[str, Any], str, object], object]",
+    dict.get,  # pyright: ignore[reportUnknownMemberType]
+)
 
 
 @dataclass(slots=True)
@@ -151,11 +160,9 @@ class Replay:
         groups: dict[tuple[str, str], tuple[list[int], list[Check]]] = {}
         # A module's functions in the order their code is in its file's compilation, which
         # is the order they were made in, near each other in memory.
-        placed = sorted(
-            (check[3], index) for index, check in enumerate(recording.checks) if check is not None
-        )
-        for _, index in placed:
-            check = cast("Check", recording.checks[index])
+        checked = [(i, check) for i, check in enumerate(recording.checks) if check is not None]
+        checked.sort(key=lambda item: item[1][3])
+        for index, check in checked:
             indices, checks = groups.setdefault((check[0], check[1]), ([], []))
             indices.append(index)
             checks.append(check)
@@ -505,19 +512,6 @@ class _Lookups:
             library_text(namespace.get(name, ABSENT), modules) == text
             for name, text in zip(self.text_names, self.texts, strict=True)
         )
-
-
-#: The source of the nodes that are stage functions (see :meth:`Replay.locate`).
-_STAGES = "\0stages"
-
-
-#: Where a node found through another one is looked up by name (see :meth:`Replay.locate`).
-_EMPTY: dict[str, Any] = {}
-#: ``dict.get``, called with the dict: a lookup in any of several dicts, in C.
-_GET = cast(
-    "Callable[[dict[str, Any], str, object], object]",
-    dict.get,  # pyright: ignore[reportUnknownMemberType]
-)
 
 
 def _follow(locator: Locator, objects: list[Any]) -> Any:
