@@ -3,9 +3,9 @@
 Configuration is read by the supervisor before anything starts, so every mistake in it
 is reported up front, as a :class:`ConfigError` naming the file, the key and the value
 that was expected; each new generation's validating worker reads the ``pipeline`` and
-``params`` settings again (:func:`pipeline_files`).  Unknown keys are errors rather than warnings: a
-misspelt ``ignore`` that is silently dropped means a watcher that re-runs stages on
-every save of a scratch file, and nobody would connect the two.
+``params`` settings again (:func:`pipeline_files`).  Unknown keys are errors rather
+than warnings: a misspelt ``ignore`` that is silently dropped means a watcher that
+re-runs stages on every save of a scratch file, and nobody would connect the two.
 
 Settings live in exactly one place.  When both files configure the tool, which one
 wins would be a rule to remember; refusing is simpler.
