@@ -702,7 +702,7 @@ class Graph:
         if reach and len(parts) == len(reach):  # a label per node, as nearly always
             pairs = sorted(parts.items())
             parts = dict(pairs)
-            code = _blake("\n".join(map("\0".join, pairs)) + "\n")
+            code = _stage_code(pairs)
             return root, code, tuple(parts), parts, reach
         pairs = set(
             zip(map(labels.__getitem__, reach), map(digests.__getitem__, reach), strict=True)
@@ -728,7 +728,7 @@ class Graph:
             if label not in parts:
                 return None
             parts[label] = nodes[index].digest
-        code = _blake("\n".join(map("\0".join, parts.items())) + "\n")
+        code = _stage_code(parts.items())
         return root, code, names, parts, reach
 
     def by_id(self, obj: object) -> int | None:
@@ -1275,6 +1275,14 @@ def _ranks_in(bits: int, count: int) -> list[int]:
     return ranks
 
 
+def _stage_code(pairs: Iterable[tuple[str, str]]) -> str:
+    """A stage's code digest from its parts' ``(name, digest)`` pairs in name order: a
+    line ``name\0digest`` each, joined in C (the one spelling a walk, a record made
+    again and a restamp all share)."""
+    lines = "\n".join(map("\0".join, pairs))
+    return _blake(lines + "\n" if lines else "")
+
+
 def _named_apart(pairs: list[tuple[str, str]]) -> StageFingerprint:
     """A stage's fingerprint from its sorted ``(label, digest)`` pairs, when some label
     may come with two digests: such a label gets its digest's start appended."""
@@ -1286,8 +1294,7 @@ def _named_apart(pairs: list[tuple[str, str]]) -> StageFingerprint:
             for label, digest in pairs
         )
     parts = dict(pairs)
-    # Each part's line is "name\0digest\n", joined in C.
-    code = _blake("\n".join(map("\0".join, pairs)) + "\n" if pairs else "")
+    code = _stage_code(pairs)
     return StageFingerprint(code=code, functions=tuple(parts), parts=parts)
 
 
