@@ -329,6 +329,120 @@ def test_what_an_unchanged_file_binds_is_checked_again(
     assert stats.reshaped == reshaped
 
 
+#: Values a module can give its functions and classes at import whose comparison,
+#: hashing or formatting runs their own code: it may raise, lie, or show an address.
+ODD_VALUES = """
+    class Raising:
+        def __eq__(self, other):
+            raise ValueError("the truth value is ambiguous")
+
+        __hash__ = object.__hash__
+
+    class Agreeable:
+        def __eq__(self, other):
+            return True
+
+        __hash__ = object.__hash__
+
+    class Unhashable(type):
+        def __hash__(cls):
+            raise TypeError("unhashable class")
+
+    class Shapeless(metaclass=Unhashable):
+        pass
+
+    class Text(str):
+        def __eq__(self, other):
+            raise ValueError("compared")
+
+        def __hash__(self):
+            raise ValueError("hashed")
+
+        def __format__(self, spec):
+            raise ValueError("formatted")
+"""
+
+#: name: (what the module does at import, the stages whose fingerprint that changes,
+#: whether the last walk is still replayed)
+ODD_SETTINGS = {
+    "a function's module, an object that raises": (
+        "helper.__module__ = Raising()",
+        {"probe"},
+        True,
+    ),
+    "a function's module, an object equal to anything": (
+        "helper.__module__ = Agreeable()",
+        {"probe"},
+        True,
+    ),
+    "a function's module, an unhashable object": ("helper.__module__ = []", {"probe"}, True),
+    "a function's module, the same text in a str subclass": (
+        'helper.__module__ = Text("moody")',
+        set(),
+        True,
+    ),
+    "a function's qualified name, a str subclass": (
+        'helper.__qualname__ = Text("h")',
+        {"probe"},
+        True,
+    ),
+    "a class's module, an object that raises": ("Helper.__module__ = Raising()", {"probe"}, True),
+    "a class's module, the same text in a str subclass": (
+        'Helper.__module__ = Text("moody")',
+        set(),
+        True,
+    ),
+    "a function's keyword defaults": ('helper.__kwdefaults__ = {"y": 1}', {"probe"}, True),
+    "a function's __wrapped__, an unhashable value": ("helper.__wrapped__ = []", {"probe"}, True),
+    # No longer a function: the node changed kind, so the graph is walked afresh.
+    "a function's name bound to an object of an unhashable class": (
+        "helper = Shapeless()",
+        {"probe"},
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_SETTINGS))
+def test_odd_values_set_at_import_are_checked_without_running_their_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Names are text to a walk, and a replay checks what it finds by identity: a value
+    set at import is never compared, hashed or formatted, so a load neither fails nor
+    lies, and fingerprints stay stable."""
+    setting, expected, replayed = ODD_SETTINGS[case]
+    moody = textwrap.dedent(ODD_VALUES) + textwrap.dedent(
+        f"""
+        import os
+
+        def helper(x):
+            return x
+
+        class Helper:
+            pass
+
+        if os.environ.get("PIVOT_TEST_MODE") == "odd":
+            {setting}
+
+        def probe(x):
+            return helper(x), Helper
+
+        def steady():
+            return 1
+        """
+    )
+    write(tmp_path, {"pipeline.py": MOODY_PIPELINE, "moody.py": moody})
+    before, _ = fingerprint(tmp_path)
+    monkeypatch.setenv("PIVOT_TEST_MODE", "odd")
+    after, stats = fingerprint(tmp_path)
+    assert stats.replayed == replayed
+    assert changed(before, after) == expected
+    again, _ = fingerprint(tmp_path)
+    assert again == after, "an odd value made fingerprints unstable"
+    monkeypatch.delenv("PIVOT_TEST_MODE")
+    assert fingerprint(tmp_path)[0] == before
+
+
 @pytest.mark.parametrize(
     ("old", "new"),
     [

@@ -49,6 +49,7 @@ from ._recording import (
     is_kind,
     library_name,
     library_text,
+    name_text,
     qualified_name,
 )
 
@@ -208,8 +209,7 @@ class _Namespace:
 
     def __init__(self, namespace: Mapping[str, Any]) -> None:
         self.namespace = namespace
-        name = namespace.get("__name__")
-        self.name: str = name if isinstance(name, str) else "?"
+        self.name: str = name_text(namespace.get("__name__")) or "?"
         module = sys.modules.get(self.name)
         #: Whether these are the globals of the module of that name, where a replay
         #: looks the names up again.
@@ -222,19 +222,19 @@ class _Namespace:
 
 
 def _function_label(func: types.FunctionType) -> str:
-    module = func.__globals__.get("__name__")
-    module = module if isinstance(module, str) else "?"
+    module = name_text(func.__globals__.get("__name__")) or "?"
     qualname = func.__code__.co_qualname
     label = f"{module}:{qualname}"
-    if func.__qualname__ != qualname or func.__module__ != module:
+    claimed_module, claimed_qualname = name_text(func.__module__), name_text(func.__qualname__)
+    if claimed_qualname != qualname or claimed_module != module:
         # A ``functools.wraps`` wrapper claims the wrapped function's names; keep its
         # own code name and show whom it wraps.
-        label = f"{label}[{func.__module__}:{func.__qualname__}]"
+        label = f"{label}[{claimed_module}:{claimed_qualname}]"
     return label
 
 
 def _class_label(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
+    return f"{name_text(cls.__module__)}:{name_text(cls.__qualname__)}"
 
 
 #: The analysis of a code object, as plain data (what the cache keeps): its digest, and
@@ -363,7 +363,9 @@ class Graph:
         return index
 
     def _is_project_module(self, name: object) -> bool:
-        return isinstance(name, str) and name in self._modules
+        """Whether ``name`` (a ``__module__`` or a module's ``__name__``, as found on an
+        object) names a project module."""
+        return (name if type(name) is str else name_text(name)) in self._modules
 
     def _function_node(self, func: types.FunctionType) -> int:
         index = self._by_id.get(id(func))
@@ -504,13 +506,13 @@ class Graph:
             out.append(text)
             edges.extend(targets)
             if module is not None:
-                modules.setdefault(module.__name__, module)
+                modules.setdefault(name_text(module.__name__) or "?", module)
 
     def _bound(self, known: _Namespace, name: str, value: object, prefix: str) -> _Bound:
         """How the binding of ``name`` to ``value`` is recorded (see :data:`_Bound`)."""
         if type(value) is types.FunctionType:
             # The common case, exactly as :meth:`_binding` and :meth:`_value` record it.
-            if value.__globals__.get("__name__") in self._modules:
+            if self._is_project_module(value.__globals__.get("__name__")):
                 index = self._function_node(value)
                 if known.findable:
                     self.locators.setdefault(index, ("b", known.name, name))
@@ -536,9 +538,10 @@ class Graph:
         modules: dict[str, types.ModuleType],
     ) -> None:
         if isinstance(value, types.ModuleType):
-            out.append(f"<module {value.__name__}>;")
-            if self._is_project_module(value.__name__):
-                modules.setdefault(value.__name__, value)
+            module = name_text(value.__name__)
+            out.append(f"<module {module}>;")
+            if module is not None and self._is_project_module(module):
+                modules.setdefault(module, value)
             return
         if isinstance(value, types.FunctionType | type) or not self._is_project_module(module_name):
             self._value(value, out, edges, set())
@@ -563,9 +566,9 @@ class Graph:
         imported already in this process: two workers must agree.
         """
         out.append(f"<import {imported}>;")
-        package = namespace.get("__package__")
+        package = name_text(namespace.get("__package__"))
         candidates = [imported] if imported else []
-        if isinstance(package, str) and package:
+        if package and package != "?":
             candidates.append(f"{package}.{imported}" if imported else package)
         found_any = False
         for candidate in candidates:
@@ -573,7 +576,7 @@ class Graph:
             for i in range(1, len(parts) + 1):
                 found = sys.modules.get(".".join(parts[:i]))
                 if isinstance(found, types.ModuleType) and self._is_project_module(found.__name__):
-                    modules.setdefault(found.__name__, found)
+                    modules.setdefault(name_text(found.__name__) or "?", found)
             found_any = found_any or candidate in sys.modules
         if found_any:
             return
@@ -850,14 +853,21 @@ class Graph:
         return columns.recording(new_lookups, users, stages, dead)
 
     def _check(self, node: Node) -> Check | None:
-        """What a replay checks a plain function node against; ``None``: not plain."""
+        """What a replay checks a plain function node against; ``None``: not plain.
+
+        A plain function also has the names it was made with: its code's qualified name
+        and its globals' module name, the very objects.  A replay checks that by
+        identity, which never runs code of the project's (see :func:`name_text`).
+        """
         func = node.obj
         if (
             type(func) is not types.FunctionType
             or func.__closure__ is not None
             or func.__kwdefaults__ is not None
             or "__wrapped__" in vars(func)
-            or not isinstance(cast("object", func.__module__), str | None)
+            or func.__qualname__ is not func.__code__.co_qualname
+            or type(func.__module__) is not str
+            or func.__module__ is not func.__globals__.get("__name__")
         ):
             return None
         code = func.__code__
@@ -896,7 +906,7 @@ class Graph:
             return False
         if isinstance(value, types.ModuleType):
             name = cast("object", value.__name__)
-            return name if isinstance(name, str) and sys.modules.get(name) is value else False
+            return name if type(name) is str and sys.modules.get(name) is value else False
         if type(value) is types.FunctionType or isinstance(value, type):
             if targets:
                 return targets[0]
@@ -948,7 +958,7 @@ class Graph:
                 out.append(library_name(value))
             return
         if isinstance(value, types.ModuleType):
-            out.append(f"<module {value.__name__}>")
+            out.append(f"<module {name_text(value.__name__)}>")
             return
         if isinstance(value, types.CodeType):
             out.append(f"<code {self._code(value)[0]}>")

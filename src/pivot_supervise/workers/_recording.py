@@ -28,6 +28,7 @@ __all__ = [
     "is_kind",
     "library_name",
     "library_text",
+    "name_text",
     "qualified_name",
 ]
 
@@ -157,9 +158,10 @@ def library_text(value: object, modules: Mapping[str, object]) -> str | None:
     """How a walk renders a library (not project) function or class bound in project
     globals; ``None`` for anything else.  What a ``("x", text)`` token records."""
     if type(value) is _FUNCTION:
-        return None if value.__globals__.get("__name__") in modules else library_name(value)
+        module = name_text(value.__globals__.get("__name__"))
+        return None if module in modules else library_name(value)
     if isinstance(value, type):
-        return None if value.__module__ in modules else library_name(value)
+        return None if name_text(value.__module__) in modules else library_name(value)
     return None
 
 
@@ -172,9 +174,27 @@ def library_name(value: types.FunctionType | type) -> str:
 
 def qualified_name(obj: object) -> str:
     """``module:qualname`` of a library object, as a walk names it."""
-    module = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    module = name_text(getattr(obj, "__module__", None))
+    qualname = name_text(getattr(obj, "__qualname__", None)) or name_text(
+        getattr(obj, "__name__", None)
+    )
     return f"{module}:{qualname}"
+
+
+def name_text(value: object) -> str | None:
+    """A name an object claims (its ``__module__``, ``__qualname__``, a module's
+    ``__name__``) as plain text, without running code of the project's.
+
+    Code can set ``__module__`` to anything, and a name to a ``str`` subclass: comparing,
+    hashing or formatting such a value runs its methods, which may raise, lie (equal to
+    anything) or show an address.  A ``str`` and ``None`` are kept, a ``str`` subclass
+    becomes a plain ``str`` of the same characters, anything else ``"?"``.
+    """
+    if type(value) is str or value is None:
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)  # a plain copy: the subclass's methods are not called
+    return "?"
 
 
 def is_kind(value: object, kind: str) -> bool:

@@ -9,12 +9,17 @@ nearly every node comes out exactly as before.  So the last walk is kept (a
 - each node is found again where the walk found it (a module's global, a class's
   attribute, a wrapper's ``__wrapped__``, a closure cell, a stage's function);
 - a plain function (no closure, no keyword defaults, no ``__wrapped__``, no import in its
-  body, defaults without project code) is unchanged if its code is the one at the same
-  place in the compilation of the same source, it runs in the same module's globals,
-  and its names and defaults read the same;
+  body, defaults without project code, the names it was made with) is unchanged if its
+  code is the very one at the same place in the compilation of the same source, it runs
+  in the same module's globals, it still has the names it was made with, and its
+  defaults read the same;
 - every name the walk looked up in a module's globals is bound as before: to the object
   found again for the same node, to the same module, to no value, or to a library object
   of the same name.
+
+What is found is compared by identity, or as plain text: a module can give a function
+or a name any value at import, and comparing or hashing that runs its own code, which
+may raise or lie.
 
 A node that passes keeps its recorded digest and edges.  Every other node found again
 (a changed function, a class, a constant, a closure...) is serialised and hashed as in a
@@ -63,6 +68,7 @@ from ._recording import (
     Token,
     code_content,
     library_text,
+    name_text,
 )
 
 __all__ = ["Replay", "ReplayStats", "Unchanged", "replayed"]
@@ -71,13 +77,18 @@ _FUNCTION = types.FunctionType
 _GLOBALS = operator.attrgetter("__globals__")
 _CODE = operator.attrgetter("__code__")
 _DEFAULTS = operator.attrgetter("__defaults__")
-#: What a plain function must read as recorded: its names, no keyword defaults.  (No
-#: closure either, but that is its code's: a function has a cell per free variable.)
-_PLAIN = operator.attrgetter("__qualname__", "__module__", "__kwdefaults__")
-#: ``getattr(func, "__wrapped__", None)`` of functions without one (``vars(func)`` would
-#: give each function a ``__dict__`` of its own).
-_NOTHING = {None}
-_FUNCTION_TYPES = {_FUNCTION}
+_MODULE = operator.attrgetter("__module__")
+_QUALNAME = operator.attrgetter("__qualname__")
+#: A plain function has no keyword defaults.  (No closure either, but that is its
+#: code's: a function has a cell per free variable.)
+_KWDEFAULTS = operator.attrgetter("__kwdefaults__")
+#: ``None`` as often as asked.  What a check finds where it expects ``None`` (or a
+#: function) is compared by identity: it could be anything, and comparing or hashing it
+#: runs its own code, which may raise or lie.
+_NONE = itertools.repeat(None)
+#: Asked as ``getattr(func, "__wrapped__", None)``: ``vars(func)`` would give each
+#: function a ``__dict__`` of its own.
+_WRAPPED = itertools.repeat("__wrapped__")
 _NAME = operator.attrgetter("__name__")
 #: ``True`` as often as asked: marks a group's nodes in C (``deque(map(...), maxlen=0)``).
 _TRUE = itertools.repeat(True)
@@ -245,7 +256,7 @@ class _Group:
         "indices",
         "module",
         "paths",
-        "plain",
+        "qualnames",
         "showing",
         "source",
         "top_level",
@@ -264,7 +275,6 @@ class _Group:
             [path[0] for path in self.paths] if all(len(p) == 1 for p in self.paths) else None
         )
         self.top_max = max(self.top_level, default=-1) if self.top_level is not None else -1
-        self.plain = [(check[4], check[5], None) for check in checks]
         self.defaults = [check[6] for check in checks]
         # The distinct texts of defaults, the first function showing each, and which
         # one each function has: the fast check renders one tuple per text, and asks
@@ -278,6 +288,9 @@ class _Group:
         slot = {text: number for number, text in enumerate(first)}
         self.default_slots = [slot[text] for text in self.defaults]
         self.contents = [check[7] for check in checks]
+        #: Interned, like the names in code: a function's ``__qualname__`` is its code's
+        #: ``co_qualname`` unless set since, so the very same object when unchanged.
+        self.qualnames = [sys.intern(check[4]) for check in checks]
         self.checks = checks
 
     def check(self, objects: list[Any], same: list[bool], checker: _Checker) -> None:
@@ -287,20 +300,26 @@ class _Group:
             return
         namespace = vars(module)
         funcs = list(map(objects.__getitem__, self.indices))
-        if set(map(type, funcs)) != _FUNCTION_TYPES:
+        if not all(map(operator.is_, map(type, funcs), itertools.repeat(_FUNCTION))):
             # Some not found again: check the others one by one.
             kept = [i for i, func in enumerate(funcs) if type(func) is _FUNCTION]
             self._check_some(kept, funcs, namespace, same, checker)
             return
         compiled = checker.compiled(self.filename)
+        codes = self._codes_in(compiled[1]) if compiled is not None else None
+        name = namespace.get("__name__")
         if (
             compiled is not None
             and compiled[0] in self.source
-            and self._same_code(compiled[1], funcs)
+            and codes is not None
+            and all(map(operator.is_, map(_CODE, funcs), codes))
             and all(map(operator.is_, map(_GLOBALS, funcs), itertools.repeat(namespace)))
-            and set(map(getattr, funcs, itertools.repeat("__wrapped__"), itertools.repeat(None)))
-            == _NOTHING
-            and list(map(_PLAIN, funcs)) == self.plain
+            and type(name) is str
+            and name == self.module
+            and all(map(operator.is_, map(_MODULE, funcs), itertools.repeat(name)))
+            and all(map(operator.is_, map(_QUALNAME, funcs), self.qualnames))
+            and all(map(operator.is_, map(getattr, funcs, _WRAPPED, _NONE), _NONE))
+            and all(map(operator.is_, map(_KWDEFAULTS, funcs), _NONE))
             and self._same_defaults(list(map(_DEFAULTS, funcs)), checker)
         ):
             collections.deque(map(same.__setitem__, self.indices, _TRUE), maxlen=0)
@@ -308,18 +327,16 @@ class _Group:
             return
         self._check_some(list(range(len(funcs))), funcs, namespace, same, checker)
 
-    def _same_code(self, module_code: types.CodeType, funcs: list[Any]) -> bool:
-        """Whether each function runs the code at its recorded place in the tree (or
-        code equal to it, which is analysed alike: compared in C, identity first)."""
+    def _codes_in(self, module_code: types.CodeType) -> list[object] | None:
+        """The code at each function's recorded place in the tree of ``module_code``
+        (``None`` where there is none), or ``None`` if a place is past its constants:
+        the very code each function must run."""
         if self.top_level is not None:
             consts = module_code.co_consts
             if self.top_max >= len(consts):
-                return False
-            return list(map(_CODE, funcs)) == list(map(consts.__getitem__, self.top_level))
-        return all(
-            follow(module_code, path) is func.__code__
-            for path, func in zip(self.paths, funcs, strict=True)
-        )
+                return None
+            return list(map(consts.__getitem__, self.top_level))
+        return [follow(module_code, path) for path in self.paths]
 
     def _same_defaults(self, defaults: list[object], checker: _Checker) -> bool:
         """Whether each function's defaults read as recorded: the first function of
@@ -346,7 +363,8 @@ class _Group:
         check then names the code's new place (see :attr:`_Checker.moved`).
         """
         compiled = checker.compiled(self.filename)
-        if compiled is None:
+        name = namespace.get("__name__")
+        if compiled is None or type(name) is not str or name != self.module:
             return
         digest, module_code = compiled
         saved = digest not in self.source
@@ -369,8 +387,10 @@ class _Group:
                 continue
             if (
                 func.__globals__ is namespace
+                and func.__module__ is name
+                and func.__qualname__ is code.co_qualname
                 and getattr(func, "__wrapped__", None) is None
-                and _PLAIN(func) == self.plain[member]
+                and func.__kwdefaults__ is None
                 and checker.defaults(func.__defaults__) == self.defaults[member]
             ):
                 index = self.indices[member]
@@ -506,7 +526,7 @@ class _Lookups:
             bound = list(map(namespace.get, self.module_names, itertools.repeat(ABSENT)))
             if not all(map(operator.is_, bound, map(sys.modules.get, self.modules))):
                 return False
-            if list(map(_NAME, bound)) != self.modules:
+            if list(map(name_text, map(_NAME, bound))) != self.modules:
                 return False
         return all(
             library_text(namespace.get(name, ABSENT), modules) == text
