@@ -443,6 +443,64 @@ def test_odd_values_set_at_import_are_checked_without_running_their_code(
     assert fingerprint(tmp_path)[0] == before
 
 
+#: Objects that answer for another one (an application's context, a lazy value) and
+#: raise when asked while there is none, and a text that cannot be shown.
+PROXIES = """
+    class Proxy:
+        @property
+        def __class__(self):
+            raise RuntimeError("working outside of the application context")
+
+        def __getattr__(self, name):
+            raise RuntimeError("working outside of the application context")
+
+        def __repr__(self):
+            raise RuntimeError("working outside of the application context")
+
+    class Closed:
+        __slots__ = ()
+
+        def __getattr__(self, name):
+            raise RuntimeError("closed")
+
+    class Unshowable(str):
+        def __repr__(self):
+            raise RuntimeError("not shown")
+"""
+
+
+@pytest.mark.parametrize(
+    "constant",
+    ["Proxy()", "Closed()", 'Unshowable("x")', '[Proxy(), "a", 1]', '{"key": Closed()}'],
+)
+def test_a_constant_that_raises_when_read_is_written_by_its_type(
+    tmp_path: Path, constant: str
+) -> None:
+    """A constant is never asked what it is (``isinstance`` would ask a proxy for its
+    ``__class__``), and what it answers when shown may be an error: the load goes on,
+    and the fingerprints are stable, then follow a change of the constant's type."""
+    moody = textwrap.dedent(PROXIES) + textwrap.dedent(
+        f"""
+        CURRENT = {constant}
+
+        def probe(x):
+            return CURRENT
+
+        def steady():
+            return 1
+        """
+    )
+    write(tmp_path, {"pipeline.py": MOODY_PIPELINE, "moody.py": moody})
+    first, _ = fingerprint(tmp_path)
+    again, stats = fingerprint(tmp_path)
+    assert stats.replayed
+    assert again == first
+    assert "moody:CURRENT" in first["probe"].parts
+    write(tmp_path, {"moody.py": moody.replace(f"CURRENT = {constant}", "CURRENT = None")})
+    after, _ = fingerprint(tmp_path)
+    assert changed(first, after) == {"probe"}
+
+
 @pytest.mark.parametrize(
     ("old", "new"),
     [

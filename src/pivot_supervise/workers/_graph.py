@@ -93,12 +93,33 @@ _CLASS_NOISE = frozenset(
 )
 _MISSING = object()
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
+#: The scalar types themselves, whose ``repr`` runs no code of the project's.
+_PLAIN_SCALARS = frozenset(_SCALARS)
 
 
 def _all_scalars(items: Iterable[object]) -> bool:
-    """Whether every item is one :meth:`Graph._value` writes as its ``repr`` (checked in
-    C: the items of a constant are mostly strings and numbers)."""
-    return all(map(isinstance, items, itertools.repeat(_SCALARS)))
+    """Whether every item is one :meth:`Graph._value` writes as its plain ``repr``
+    (checked in C: the items of a constant are mostly strings and numbers)."""
+    return _PLAIN_SCALARS.issuperset(map(type, items))
+
+
+def _scalar_repr(value: object, kind: type[Any]) -> str:
+    """The ``repr`` of a scalar of a subclass (an ``IntEnum`` member, say), which runs
+    its own code and may raise."""
+    try:
+        return name_text(repr(value)) or ""
+    except Exception:
+        return f"<{qualified_name(kind)} unreadable>"
+
+
+def _object_repr(value: object) -> str:
+    """The ``repr`` of an object of no known shape, or ``""`` if it raises or shows an
+    address (which differs in every process)."""
+    try:
+        shown = name_text(repr(value)) or ""
+    except Exception:
+        return ""
+    return "" if _ADDRESS.search(shown) else shown
 
 
 def _blake(text: str) -> str:
@@ -213,7 +234,7 @@ class _Namespace:
         module = sys.modules.get(self.name)
         #: Whether these are the globals of the module of that name, where a replay
         #: looks the names up again.
-        self.findable = isinstance(module, types.ModuleType) and vars(module) is namespace
+        self.findable = issubclass(type(module), types.ModuleType) and vars(module) is namespace
         self.bound: dict[str, _Bound] = {}
         self.attributes: dict[str, _Bound] = {}
         self.unbound: set[str] = set()
@@ -347,7 +368,7 @@ class Graph:
     # ------------------------------------------------------------------ node creation
 
     def root(self, stage: str, func: object) -> int:
-        if isinstance(func, types.FunctionType):
+        if type(func) is types.FunctionType:
             index = self._function_node(func)
         else:
             index = self._node(f"<stage>:{stage}", "value", func)
@@ -537,13 +558,15 @@ class Graph:
         edges: list[int],
         modules: dict[str, types.ModuleType],
     ) -> None:
-        if isinstance(value, types.ModuleType):
-            module = name_text(value.__name__)
+        kind = type(value)
+        if issubclass(kind, types.ModuleType):
+            module = name_text(cast("types.ModuleType", value).__name__)
             out.append(f"<module {module}>;")
             if module is not None and self._is_project_module(module):
-                modules.setdefault(module, value)
+                modules.setdefault(module, cast("types.ModuleType", value))
             return
-        if isinstance(value, types.FunctionType | type) or not self._is_project_module(module_name):
+        code = kind is types.FunctionType or issubclass(kind, type)
+        if code or not self._is_project_module(module_name):
             self._value(value, out, edges, set())
             out.append(";")
             return
@@ -574,9 +597,12 @@ class Graph:
         for candidate in candidates:
             parts = candidate.split(".")
             for i in range(1, len(parts) + 1):
-                found = sys.modules.get(".".join(parts[:i]))
-                if isinstance(found, types.ModuleType) and self._is_project_module(found.__name__):
-                    modules.setdefault(name_text(found.__name__) or "?", found)
+                found: object = sys.modules.get(".".join(parts[:i]))
+                if not issubclass(type(found), types.ModuleType):
+                    continue
+                module = cast("types.ModuleType", found)
+                if self._is_project_module(module.__name__):
+                    modules.setdefault(name_text(module.__name__) or "?", module)
             found_any = found_any or candidate in sys.modules
         if found_any:
             return
@@ -904,10 +930,10 @@ class Graph:
         value, _, targets, _ = bound
         if not known.findable:
             return False
-        if isinstance(value, types.ModuleType):
-            name = cast("object", value.__name__)
+        if issubclass(type(value), types.ModuleType):
+            name = cast("object", cast("types.ModuleType", value).__name__)
             return name if type(name) is str and sys.modules.get(name) is value else False
-        if type(value) is types.FunctionType or isinstance(value, type):
+        if type(value) is types.FunctionType or issubclass(type(value), type):
             if targets:
                 return targets[0]
             text = library_text(value, self._modules)
@@ -937,33 +963,41 @@ class Graph:
         edges.extend(known[2])
 
     def _value(self, value: object, out: list[str], edges: list[int], path: set[int]) -> None:
-        """Append a stable serialisation of ``value``; project code becomes an edge."""
-        if isinstance(value, _SCALARS):
-            out.append(repr(value))
+        """Append a stable serialisation of ``value``; project code becomes an edge.
+
+        Values are told apart by their type.  ``isinstance`` alone would also ask a value
+        that is not of the type for its ``__class__``, and a proxy (of an application
+        context, say) answers with code of its own, which may raise.
+        """
+        kind: type[Any] = type(value)
+        if issubclass(kind, _SCALARS):
+            out.append(repr(value) if kind in _PLAIN_SCALARS else _scalar_repr(value, kind))
             return
-        if isinstance(value, types.FunctionType):
-            if self._is_project_module(value.__globals__.get("__name__")):
-                index = self._function_node(value)
+        if kind is types.FunctionType:
+            func = cast("types.FunctionType", value)
+            if self._is_project_module(func.__globals__.get("__name__")):
+                index = self._function_node(func)
                 edges.append(index)
                 out.append(f"<fn {self.nodes[index].label}>")
             else:
-                out.append(library_name(value))
+                out.append(library_name(func))
             return
-        if isinstance(value, type):
-            if self._is_project_module(value.__module__):
-                index = self._class_node(value)
+        if issubclass(kind, type):
+            cls = cast("type", value)
+            if self._is_project_module(cls.__module__):
+                index = self._class_node(cls)
                 edges.append(index)
                 out.append(f"<cls {self.nodes[index].label}>")
             else:
-                out.append(library_name(value))
+                out.append(library_name(cls))
             return
-        if isinstance(value, types.ModuleType):
-            out.append(f"<module {name_text(value.__name__)}>")
+        if issubclass(kind, types.ModuleType):
+            out.append(f"<module {name_text(cast('types.ModuleType', value).__name__)}>")
             return
-        if isinstance(value, types.CodeType):
-            out.append(f"<code {self._code(value)[0]}>")
+        if kind is types.CodeType:
+            out.append(f"<code {self._code(cast('types.CodeType', value))[0]}>")
             return
-        if isinstance(value, types.BuiltinFunctionType | types.BuiltinMethodType):
+        if kind is types.BuiltinFunctionType:
             out.append(f"<builtin {qualified_name(value)}>")
             return
         if id(value) in path:
@@ -971,18 +1005,19 @@ class Graph:
             return
         path.add(id(value))
         try:
-            self._container(value, out, edges, path)
+            self._container(value, kind, out, edges, path)
         except RecursionError:
-            out.append(f"<deep {qualified_name(type(value))}>")
+            out.append(f"<deep {qualified_name(kind)}>")
         finally:
             path.discard(id(value))
 
-    def _container(self, value: object, out: list[str], edges: list[int], path: set[int]) -> None:
-        kind: type = type(value)
-        if isinstance(value, tuple | list):
-            out.append("(" if isinstance(value, tuple) else "[")
+    def _container(
+        self, value: object, kind: type[Any], out: list[str], edges: list[int], path: set[int]
+    ) -> None:
+        if issubclass(kind, tuple | list):
+            out.append("(" if issubclass(kind, tuple) else "[")
             if kind not in (tuple, list):
-                out.append(f"<{qualified_name(kind)}>")
+                out.append(f"<{qualified_name(type(value))}>")
             items = cast("Sequence[object]", value)
             if _all_scalars(items):  # each item as _value writes it, in C
                 out.append(",".join(map(repr, items)) + "," if items else "")
@@ -991,7 +1026,7 @@ class Graph:
                     self._value(item, out, edges, path)
                     out.append(",")
             out.append(")")
-        elif isinstance(value, dict):
+        elif issubclass(kind, dict):
             out.append("{")
             mapping = cast("dict[object, object]", value)
             if _all_scalars(mapping) and _all_scalars(mapping.values()):
@@ -1005,7 +1040,7 @@ class Graph:
                     self._value(item, out, edges, path)
                     out.append(",")
             out.append("}")
-        elif isinstance(value, set | frozenset):
+        elif issubclass(kind, set | frozenset):
             # The iteration order of a set depends on the hash seed: sort the elements'
             # serialisations instead.
             members = cast("Iterable[object]", value)
@@ -1018,49 +1053,55 @@ class Graph:
                     self._value(item, one, edges, path)
                     texts.append("".join(one))
             texts.sort()
-            out.append("set{" if isinstance(value, set) else "frozenset{")
+            out.append("set{" if issubclass(kind, set) else "frozenset{")
             out.append(",".join(texts))
             out.append("}")
         else:
             self._wrapper(value, kind, out, edges, path)
 
     def _wrapper(
-        self, value: object, kind: type, out: list[str], edges: list[int], path: set[int]
+        self, value: object, kind: type[Any], out: list[str], edges: list[int], path: set[int]
     ) -> None:
         """Callables that wrap other callables, enum members, and everything else."""
-        if isinstance(value, functools.partial):
+        if issubclass(kind, functools.partial):
             partial = cast("functools.partial[object]", value)
             out.append("<partial ")
             self._value(partial.func, out, edges, path)
             self._value(partial.args, out, edges, path)
             self._value(partial.keywords, out, edges, path)
             out.append(">")
-        elif isinstance(value, staticmethod | classmethod):
+        elif issubclass(kind, staticmethod | classmethod):
             out.append(f"<{kind.__name__} ")
             self._value(cast("Any", value).__func__, out, edges, path)
             out.append(">")
-        elif isinstance(value, property):
+        elif issubclass(kind, property):
+            accessors = cast("property", value)
             out.append("<property ")
-            for accessor in (value.fget, value.fset, value.fdel):
+            for accessor in (accessors.fget, accessors.fset, accessors.fdel):
                 self._value(accessor, out, edges, path)
                 out.append(",")
             out.append(">")
-        elif isinstance(value, types.MethodType):
+        elif kind is types.MethodType:
+            method = cast("types.MethodType", value)
             out.append("<method ")
-            self._value(value.__func__, out, edges, path)
-            self._value(value.__self__, out, edges, path)
+            self._value(method.__func__, out, edges, path)
+            self._value(method.__self__, out, edges, path)
             out.append(">")
-        elif isinstance(value, enum.Enum):
+        elif issubclass(kind, enum.Enum):
             out.append("<enum ")
-            self._value(type(value), out, edges, path)
-            out.append(f".{value.name}>")
+            self._value(kind, out, edges, path)
+            out.append(f".{cast('enum.Enum', value).name}>")
         else:
-            self._object(value, out, edges, path)
+            self._object(value, kind, out, edges, path)
 
-    def _object(self, value: object, out: list[str], edges: list[int], path: set[int]) -> None:
-        cls = type(value)
-        attrs = getattr(value, "__dict__", None)
-        if isinstance(attrs, dict):
+    def _object(
+        self, value: object, cls: type[Any], out: list[str], edges: list[int], path: set[int]
+    ) -> None:
+        try:
+            attrs = getattr(value, "__dict__", None)
+        except Exception:  # a proxy's own lookup, which raised
+            attrs = None
+        if issubclass(type(attrs), dict):
             attrs = cast("dict[str, object]", attrs)
             wrapped = attrs.get("__wrapped__", _MISSING)
             if wrapped is not _MISSING:  # functools.lru_cache and friends
@@ -1076,13 +1117,7 @@ class Graph:
                     self._value(attrs[name], out, edges, path)
                 out.append(">")
                 return
-        try:
-            shown = repr(value)
-        except Exception:
-            shown = ""
-        if _ADDRESS.search(shown):
-            shown = ""
-        out.append(f"<{qualified_name(cls)} {shown}>")
+        out.append(f"<{qualified_name(cls)} {_object_repr(value)}>")
 
     # ------------------------------------------------------------------ code objects
 
@@ -1140,7 +1175,7 @@ class Graph:
             if index >= len(consts):
                 continue
             const = consts[index]
-            if isinstance(const, types.CodeType):
+            if type(const) is types.CodeType:
                 nested_digest, nested_globals, nested_attrs, nested_imports = self._code(
                     const, nested=True
                 )

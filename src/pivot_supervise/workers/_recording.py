@@ -160,8 +160,9 @@ def library_text(value: object, modules: Mapping[str, object]) -> str | None:
     if type(value) is _FUNCTION:
         module = name_text(value.__globals__.get("__name__"))
         return None if module in modules else library_name(value)
-    if isinstance(value, type):
-        return None if name_text(value.__module__) in modules else library_name(value)
+    if issubclass(type(value), type):
+        cls = cast("type", value)
+        return None if name_text(cls.__module__) in modules else library_name(cls)
     return None
 
 
@@ -192,8 +193,10 @@ def name_text(value: object) -> str | None:
     """
     if type(value) is str or value is None:
         return value
-    if isinstance(value, str):
-        return str.__str__(value)  # a plain copy: the subclass's methods are not called
+    if issubclass(type(value), str):
+        return str.__str__(
+            cast("str", value)
+        )  # a plain copy: the subclass's methods are not called
     return "?"
 
 
@@ -202,7 +205,7 @@ def is_kind(value: object, kind: str) -> bool:
     if kind == "function":
         return type(value) is _FUNCTION
     if kind == "class":
-        return isinstance(value, type)
+        return issubclass(type(value), type)
     if kind == "const":
-        return not isinstance(value, types.ModuleType | _FUNCTION | type)
+        return not issubclass(type(value), types.ModuleType | _FUNCTION | type)
     return True

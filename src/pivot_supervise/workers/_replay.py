@@ -541,7 +541,9 @@ def _follow(locator: Locator, objects: list[Any]) -> Any:
     if parent is ABSENT:
         return ABSENT
     if kind == "a":
-        return vars(parent).get(locator[2], ABSENT) if isinstance(parent, type) else ABSENT
+        if not issubclass(type(parent), type):
+            return ABSENT
+        return cast("type", parent).__dict__.get(locator[2], ABSENT)
     if kind == "w":
         return vars(parent).get("__wrapped__", ABSENT) if type(parent) is _FUNCTION else ABSENT
     if kind == "c" and type(parent) is _FUNCTION:
