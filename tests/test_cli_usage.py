@@ -139,3 +139,15 @@ def test_run_exits_0_when_every_stage_succeeds_and_1_when_one_fails(
     third = [e for e in events if e["event"] == "stage_finished" and e["stage"] == "third"]
     assert third[0]["status"] == "failed"
     assert "TypeError" in third[0]["error"]
+
+
+def test_run_of_a_pipeline_that_does_not_load_exits_1_and_stops_its_workers(
+    make_project: ProjectFactory,
+) -> None:
+    """The failed generation is retired as the run ends: its workers are shut down then,
+    not left to the last resort of a kill after a grace period (which also warned)."""
+    project = make_project({"pipeline.py": "raise RuntimeError('boom')\n"})
+    failed = run_cli(["run", "-j", "2", "--project", str(project)])
+    assert failed.returncode == 1
+    assert "RuntimeError in pipeline.py line 1: boom" in failed.stdout, failed.stdout
+    assert "did not exit after shutdown" not in failed.stderr, failed.stderr

@@ -160,6 +160,9 @@ class LokyBackend:
         self._config = config
         self._root = config.project_root.resolve()
         self._generations: dict[int, _Generation] = {}
+        #: Generations being retired: until their workers are shut down, which a retire
+        #: cancelled on the way (the session ending) leaves to :meth:`aclose`.
+        self._retiring: dict[int, _Generation] = {}
         self._all_pids: set[int] = set()
         self._cap = max_workers
         self._standby = StandbyKeeper(self._root, config.preload) if standby else None
@@ -436,12 +439,15 @@ class LokyBackend:
         gen = self._generations.pop(generation, None)
         if gen is None:
             return
+        self._retiring[generation] = gen
         gen.gate.release()
         try:
             # Off the trio thread: loky's manager thread kills the workers, and we wait
             # until it let go of the executor (see shut_down); abandoned if the caller
-            # gives up (a session ending while the pool task retires a generation).
+            # gives up (a session ending while the pool task retires a generation: a
+            # one-shot run whose pipeline failed to load), and then done by aclose.
             await trio.to_thread.run_sync(shut_down, gen.executor, abandon_on_cancel=True)
+            del self._retiring[generation]
         finally:
             if gen.park is not None:  # after the kill: a parked worker let go would load
                 gen.park.close()
@@ -500,6 +506,9 @@ class LokyBackend:
         """Retire every generation, then make sure each worker we ever had is gone."""
         for number in list(self._generations):
             await self.retire(number)
+        for gen in list(self._retiring.values()):
+            await trio.to_thread.run_sync(shut_down, gen.executor)
+        self._retiring.clear()
         pids = set(self._all_pids)
         if self._standby is not None:
             await self._standby.aclose()
