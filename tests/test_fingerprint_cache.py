@@ -7,15 +7,19 @@ cache at all.  Hits and misses are read from the cache's counters, never from ti
 
 from __future__ import annotations
 
+import marshal
 import os
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from conftest import python_json
-from pivot_supervise.workers._codecache import CodeAnalysisCache
+from pivot_supervise._state_dir import seal, unseal
+from pivot_supervise.pipeline._freshness import NOT_FINGERPRINTED
+from pivot_supervise.workers._codecache import _MAGIC, CodeAnalysisCache
 from pivot_supervise.workers._fingerprint import (
     fingerprint_stages,
     open_code_cache,
@@ -356,3 +360,91 @@ def test_a_load_can_leave_the_save_to_a_background_thread(tmp_path: Path) -> Non
     again = load_pipeline(tmp_path, "pipeline.py", "params.toml", save_cache=False)
     assert again.unsaved_cache is not None
     assert again.unsaved_cache.save_in_background() is None
+
+
+def rewrite_cache(state: Path, change: Callable[[dict[object, object], object], tuple]) -> None:
+    """Rewrite the cache file as this code would seal it, with ``change(entries,
+    graph)`` for its entries and graph: a file that reads as healthy, but does not
+    hold together (only a bug could write one)."""
+    path = cache_file(state)
+    payload = unseal(_MAGIC, path.read_bytes())
+    assert payload is not None
+    header, entries, graph = marshal.loads(payload)
+    path.write_bytes(seal(_MAGIC, marshal.dumps((header, *change(entries, graph)))))
+
+
+def stage_codes(root: Path) -> tuple[dict[str, str], tuple[str, ...]]:
+    loaded = load_pipeline(root, "pipeline.py", "params.toml")
+    codes = {spec.name: spec.code_fingerprint for spec in loaded.snapshot.stages}
+    return codes, loaded.snapshot.warnings
+
+
+def test_a_kept_walk_that_does_not_hold_together_is_walked_afresh(tmp_path: Path) -> None:
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    expected, _ = stage_codes(tmp_path)
+
+    def stages_out_of_range(entries: dict[object, object], graph: object) -> tuple:
+        fields = list(cast("tuple[object, ...]", graph))
+        stages = cast("dict[str, tuple[object, ...]]", fields[-2])
+        fields[-2] = {name: (10**6, *record[1:]) for name, record in stages.items()}
+        return entries, tuple(fields)
+
+    rewrite_cache(tmp_path / STATE_DIR, stages_out_of_range)
+    codes, warnings = stage_codes(tmp_path)
+    assert codes == expected
+    (warning,) = warnings
+    assert "did not hold together" in warning and "IndexError" in warning
+    assert stage_codes(tmp_path) == (expected, ())  # the walk afresh was kept instead
+
+
+def test_analyses_that_cannot_be_used_are_removed_with_their_file(tmp_path: Path) -> None:
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": HELPERS})
+    expected, _ = stage_codes(tmp_path)
+
+    def nonsense(entries: dict[object, object], graph: object) -> tuple:
+        mangled = {
+            digest: dict.fromkeys(cast("dict[object, object]", positions), (0, (), (), ()))
+            for digest, positions in entries.items()
+        }
+        return mangled, None  # no walk kept: the next load walks, with the analyses
+
+    state = tmp_path / STATE_DIR
+    rewrite_cache(state, nonsense)
+    codes, warnings = stage_codes(tmp_path)
+    assert codes == expected
+    (warning,) = warnings
+    assert "could not be used" in warning and "was removed" in warning
+    assert not list(state.glob("code-analyses.*.bin"))
+    assert stage_codes(tmp_path) == (expected, ())
+    assert cache_file(state).exists()
+
+
+UNREADABLE = """
+    class Loud(str):
+        def __eq__(self, other):
+            raise ValueError("compared")
+
+        def __hash__(self):
+            return hash("len")
+
+    # A global named like no other but hashed like ``len``, which code here calls: looking
+    # ``len`` up in these globals compares the two names.
+    globals()[Loud("loud")] = None
+
+    def shared(x):
+        return x + 1
+
+    def only_b():
+        return len([1, 2])
+"""
+
+
+def test_code_that_cannot_be_fingerprinted_runs_every_time_and_says_why(tmp_path: Path) -> None:
+    write(tmp_path, {"pipeline.py": PIPELINE, "helpers.py": UNREADABLE})
+    first, warnings = stage_codes(tmp_path)
+    (warning,) = warnings
+    assert warning.startswith("could not fingerprint the pipeline's code (ValueError")
+    assert "helpers.py" in warning  # where it was raised
+    assert all(code.startswith(NOT_FINGERPRINTED) for code in first.values())
+    second, _ = stage_codes(tmp_path)
+    assert set(first.values()).isdisjoint(second.values()), "it must never look unchanged"

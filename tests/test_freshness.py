@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pivot_supervise.pipeline._freshness import Baseline, Decision, StageState, decide
+from pivot_supervise.pipeline._freshness import (
+    NOT_FINGERPRINTED,
+    Baseline,
+    Decision,
+    StageState,
+    decide,
+)
 
 RECORD = Baseline(
     code="c1",
@@ -49,6 +55,17 @@ def test_a_code_change_names_the_function_that_changed():
 def test_a_removed_helper_counts_as_a_code_change():
     decision = decide(state(code="c3", functions={"pipeline:clean": "f1"}), RECORD)
     assert decision.reasons == ("code changed: helpers:parse",)
+
+
+def test_code_that_could_not_be_fingerprinted_runs_and_says_so():
+    unknown = state(code=f"{NOT_FINGERPRINTED}a1b2", functions={})
+    decision = decide(unknown, RECORD)
+    assert decision.run
+    assert decision.reasons == ("its code could not be fingerprinted (see the load's warning)",)
+    # Its record then holds that fingerprint: the next load, fingerprinted or not, runs.
+    recorded = Baseline(f"{NOT_FINGERPRINTED}a1b2", "p1", RECORD.deps, RECORD.outs, {})
+    assert decide(state(), recorded).reasons == ("the code of its last run was not fingerprinted",)
+    assert decide(state(code=f"{NOT_FINGERPRINTED}c3d4", functions={}), recorded).run
 
 
 def test_params_change_runs():

@@ -527,6 +527,58 @@ async def test_cli_explain_says_what_would_run_and_why(make_project: ProjectFact
     assert not any(entry["would_run"] for entry in narrowed["stages"])
 
 
+#: A helper whose globals hold a name that raises when compared, hashed like ``len``:
+#: fingerprinting looks up every global the code names, ``len`` included, and fails;
+#: running never reaches ``len``.
+UNFINGERPRINTABLE = {
+    "pipeline.py": """
+        from pathlib import Path
+        from pivot_supervise import stage
+        import helpers
+
+        @stage(outs=["out/a.txt"])
+        def a():
+            Path("out/a.txt").write_text(str(helpers.count(1)))
+    """,
+    "helpers.py": """
+        class Loud(str):
+            def __eq__(self, other):
+                raise ValueError("compared")
+
+            def __hash__(self):
+                return hash("len")
+
+        globals()[Loud("loud")] = None
+
+        def count(x):
+            return x if x else len([])
+    """,
+    "out/.keep": "",
+}
+
+
+async def test_code_that_cannot_be_fingerprinted_runs_every_time_and_explain_says_why(
+    make_project: ProjectFactory,
+) -> None:
+    project = make_project(UNFINGERPRINTABLE)
+    for _ in range(2):  # its record never matches: it runs again
+        done = await cli_async(["run", "--project", str(project), "--json"])
+        assert done.returncode == 0, done.stderr
+        events = json_events(done.stdout)
+        ran, skipped = cli_outcome(events)
+        assert (set(ran), skipped) == ({"a"}, {}), events
+        warnings = [e["message"] for e in events if e.get("event") == "pipeline_warning"]
+        assert any(
+            w.startswith("could not fingerprint the pipeline's code (ValueError") for w in warnings
+        )
+    done = await cli_async(["explain", "--project", str(project)])
+    assert done.returncode == 0, done.stderr
+    assert "warning: could not fingerprint the pipeline's code" in done.stderr
+    lines = done.stdout.splitlines()
+    assert "a: would run" in lines, done.stdout
+    assert "    - its code could not be fingerprinted (see the load's warning)" in lines
+
+
 async def test_cli_history_and_force(make_project: ProjectFactory) -> None:
     project = make_project(PROJECT)
     base = ["--project", str(project), "--json", "-j", "1"]

@@ -74,7 +74,7 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"pivot-supervise explain: error: {exc}", file=sys.stderr)
         return 1
     try:
-        for warning in incremental.warnings:
+        for warning in (*snapshot.warnings, *incremental.warnings):
             print(f"warning: {warning}", file=sys.stderr)
         checks = {name: incremental.check(snapshot[name]) for name in wanted}
     finally:

@@ -10,7 +10,7 @@ A stage runs when:
 * it never succeeded (or its record was dropped because a run started and never
   finished);
 * its code fingerprint changed (the function, or a project function, class or constant
-  it reaches);
+  it reaches), or its code could not be fingerprinted (:data:`NOT_FINGERPRINTED`);
 * its params changed, or its declared deps or outs lists changed;
 * a dep's content changed (an upstream stage's new output included) or a dep is
   missing;
@@ -26,6 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+#: How the code fingerprint of a stage whose code could not be fingerprinted begins
+#: (the rest is a token of the load): it equals no other, so the stage always runs.
+NOT_FINGERPRINTED = "not fingerprinted:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,10 @@ def diff_parts(
 def _code_reasons(state: StageState, record: Baseline) -> list[str]:
     if state.code == record.code:
         return []
+    if state.code.startswith(NOT_FINGERPRINTED):
+        return ["its code could not be fingerprinted (see the load's warning)"]
+    if record.code.startswith(NOT_FINGERPRINTED):
+        return ["the code of its last run was not fingerprinted"]
     changed, added, removed = diff_parts(record.functions, state.functions)
     if changed or added or removed:
         names = ", ".join([*sorted(changed + added), *removed])

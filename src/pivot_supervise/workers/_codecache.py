@@ -50,6 +50,7 @@ Not thread-safe: one load uses one cache object.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -251,6 +252,14 @@ class CodeAnalysisCache:
             self.write_error = f"cannot write {self.path}: {exc}"
         else:
             self.write_error = None
+
+    def discard(self) -> None:
+        """Forget everything and remove the file (a load that could not use it: the next
+        one starts afresh); never raises."""
+        self._stored, self._used, self._kept = {}, {}, set()
+        self.graph, self._graph_changed, self.misses = None, False, 0
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
 
     def save_in_background(self) -> threading.Thread | None:
         """:meth:`save` in a daemon thread started now; ``None`` if there is nothing to

@@ -142,7 +142,14 @@ def fingerprint_stages(
         prepared = _replay_of(cache) if cache is not None and replay else None
         result = None
         if prepared is not None and cache is not None:
-            found = replayed(prepared, functions, modules, cache, stats)
+            try:
+                found = replayed(prepared, functions, modules, cache, stats)
+            except Exception as exc:
+                # Only this code writes a recording: one that does not hold together is
+                # a bug of ours.  The walk afresh below records a new one.
+                _replays[cache] = None
+                stats.problem = f"the last walk could not be replayed ({exc!r})"
+                found = None
             if found is not None:
                 result, updated = found
                 if updated is not None:

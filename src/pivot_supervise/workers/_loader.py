@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import inspect
 import os
+import secrets
 import sys
 import tomllib
 import traceback
@@ -28,12 +29,14 @@ from typing import Any, cast
 from pivot_supervise._state_dir import STATE_DIR
 from pivot_supervise.pipeline._dag import PipelineGraph
 from pivot_supervise.pipeline._errors import PipelineError
+from pivot_supervise.pipeline._freshness import NOT_FINGERPRINTED
 from pivot_supervise.pipeline._model import PipelineSnapshot, StageSpec
 from pivot_supervise.pipeline._paths import normalize_stage_path
 from pivot_supervise.pipeline._registry import REGISTRY, Registration
 
 from ._codecache import CodeAnalysisCache
 from ._fingerprint import (
+    ReplayStats,
     StageFingerprint,
     fingerprint_stages,
     open_code_cache,
@@ -249,18 +252,15 @@ def _load(
     # A load from a validated overlay keeps the validated fingerprints (see load_validated).
     prints: Mapping[str, StageFingerprint] | None = None
     unsaved: CodeAnalysisCache | None = None
+    warnings: list[str] = []
     if overlay is None and fingerprints:
         # Before the specs, which are then made once, with their fingerprints.
-        cache = open_code_cache(root / STATE_DIR)
-        prints = fingerprint_stages(
-            functions, root, modules=modules, cache=cache, freeze_heap=freeze_heap
-        )
-        if save_cache:
+        prints, cache = _fingerprint(functions, root, modules, warnings, freeze_heap=freeze_heap)
+        if cache is not None and save_cache:
             cache.save()
-        else:
+        elif cache is not None:
             unsaved = cache
     specs: list[StageSpec] = []
-    warnings: list[str] = []
     for registration in registrations:
         spec = _stage_spec(registration, params, params_file, prints)
         if spec.params is None and isinstance(params.get(spec.name), dict):
@@ -287,6 +287,57 @@ def _load(
         modules=modules,
         unsaved_cache=unsaved,
     )
+
+
+def _fingerprint(
+    functions: Mapping[str, StageFunction],
+    root: Path,
+    modules: Mapping[str, Path],
+    warnings: list[str],
+    *,
+    freeze_heap: bool,
+) -> tuple[Mapping[str, StageFingerprint], CodeAnalysisCache | None]:
+    """The stages' fingerprints, and the code cache to save (``None``: none to save).
+
+    Fingerprinting never fails a load, which would stop the whole pipeline for what is
+    a bug of ours or code we cannot read (a global whose name raises when compared,
+    say).  If it fails with the code cache, it is done without: then the cache was at
+    fault and is removed.  If it fails without, every stage gets a fingerprint that
+    equals no other (:data:`NOT_FINGERPRINTED`), so each runs, and ``explain`` says why.
+    Either way ``warnings`` get what happened.
+    """
+    cache = open_code_cache(root / STATE_DIR)
+    stats = ReplayStats()
+    try:
+        prints = fingerprint_stages(
+            functions, root, modules=modules, cache=cache, stats=stats, freeze_heap=freeze_heap
+        )
+    except Exception as exc:
+        failure = exc
+    else:
+        if stats.problem is not None:
+            warnings.append(
+                f"the code cache in {STATE_DIR}/ did not hold together: {stats.problem}; "
+                "the code was fingerprinted afresh (a bug of pivot-supervise: please report it)"
+            )
+        return prints, cache
+    try:
+        prints = fingerprint_stages(functions, root, modules=modules, freeze_heap=freeze_heap)
+    except Exception as exc:
+        unknown = StageFingerprint(f"{NOT_FINGERPRINTED}{secrets.token_hex(8)}", (), {})
+        warnings.append(
+            f"could not fingerprint the pipeline's code ({_describe(exc, root)}): every stage "
+            "runs as if its code changed until this is fixed (a bug of pivot-supervise, or "
+            "code it cannot read: please report it)"
+        )
+        return dict.fromkeys(functions, unknown), None
+    cache.discard()
+    warnings.append(
+        f"the code cache in {STATE_DIR}/ could not be used ({_describe(failure, root)}) and "
+        "was removed; the code was fingerprinted without it (a bug of pivot-supervise: "
+        "please report it)"
+    )
+    return prints, None
 
 
 def _module_name(root: Path, pipeline_file: str, *, must_exist: bool = True) -> str:

@@ -115,6 +115,8 @@ class ReplayStats:
     kept: int = 0
     walked: int = 0
     stages: int = 0
+    #: Why the last walk could not be replayed, if it raised (then it was walked afresh).
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
