@@ -636,6 +636,10 @@ async def test_cli_history_and_force(make_project: ProjectFactory) -> None:
     assert sum(line.startswith("run ") for line in text.stdout.splitlines()) == 2, text.stdout
     assert "forced" in text.stdout
 
+    none = await cli_async(["history", "--project", str(project), "--stage", "nosuch"])
+    assert none.returncode == 0, none.stderr
+    assert none.stdout == "no recorded run included stage 'nosuch'\n"
+
 
 # ------------------------------------------------------------------ 5. a damaged store
 

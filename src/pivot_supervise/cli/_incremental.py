@@ -113,7 +113,11 @@ def _history(args: argparse.Namespace) -> int:
         print(json.dumps({"runs": [run_json(run) for run in runs]}))
         return 0
     if not runs:
-        print("no runs recorded yet")
+        print(
+            f"no recorded run included stage {args.stage!r}"
+            if args.stage
+            else "no runs recorded yet"
+        )
     for run in runs:
         state = run.outcome or "unfinished"
         print(
