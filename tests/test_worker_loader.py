@@ -165,7 +165,10 @@ def test_a_params_entry_that_is_not_a_table_names_stage_and_file(tmp_path: Path)
 def test_invalid_toml_names_the_params_file(tmp_path: Path) -> None:
     pipeline = HEADER + "@stage()\ndef train(params):\n    pass\n"
     write(tmp_path, {"pipeline.py": pipeline, "params.toml": "[train\n"})
-    assert load_error(tmp_path).message.startswith("params file 'params.toml' is not valid TOML")
+    error = load_error(tmp_path)
+    assert error.message.startswith("params file 'params.toml' is not valid TOML")
+    # A mistake in the project said in our words: the parser's frames are noise.
+    assert error.traceback == ""
 
 
 def test_whether_a_stage_takes_params_looks_through_decorators(tmp_path: Path) -> None:

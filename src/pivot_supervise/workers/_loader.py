@@ -143,7 +143,9 @@ def _as_load_error(root: Path) -> Generator[None]:
     except PipelineLoadError:
         raise
     except PipelineError as exc:
-        raise PipelineLoadError(str(exc), _format_traceback(exc, root)) from exc
+        # Our own words for a mistake in the project: only its frames are worth showing.
+        shown = _format_traceback(exc, root, internals=False)
+        raise PipelineLoadError(str(exc), shown) from exc
     except (Exception, SystemExit) as exc:  # sys.exit() at import time is a user error too
         raise PipelineLoadError(_describe(exc, root), _format_traceback(exc, root)) from exc
 
@@ -512,13 +514,14 @@ def _is_user_frame(frame: traceback.FrameSummary) -> bool:
     return os.path.isabs(frame.filename) and is_project_file(Path(frame.filename))
 
 
-def _format_traceback(exc: BaseException, root: Path) -> str:
-    """The traceback, keeping only frames of project code if there are any."""
+def _format_traceback(exc: BaseException, root: Path, *, internals: bool = True) -> str:
+    """The traceback, keeping only frames of project code if there are any; with none,
+    the whole traceback, or nothing unless ``internals``."""
     tb: TracebackType | None = exc.__traceback__
     frames = traceback.extract_tb(tb)
     user = traceback.StackSummary.from_list([f for f in frames if _is_user_frame(f)])
     if not user:
-        return "".join(traceback.format_exception(exc))
+        return "".join(traceback.format_exception(exc)) if internals else ""
     lines = ["Traceback (most recent call last):\n", *user.format()]
     lines.extend(traceback.format_exception_only(type(exc), exc))
     return "".join(lines)
