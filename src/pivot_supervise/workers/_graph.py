@@ -565,8 +565,8 @@ class Graph:
             if module is not None and self._is_project_module(module):
                 modules.setdefault(module, cast("types.ModuleType", value))
             return
-        code = kind is types.FunctionType or issubclass(kind, type)
-        if code or not self._is_project_module(module_name):
+        function_or_class = kind is types.FunctionType or issubclass(kind, type)
+        if function_or_class or not self._is_project_module(module_name):
             self._value(value, out, edges, set())
             out.append(";")
             return

@@ -258,10 +258,11 @@ def _load(
     if overlay is None and fingerprints:
         # Before the specs, which are then made once, with their fingerprints.
         prints, cache = _fingerprint(functions, root, modules, warnings, freeze_heap=freeze_heap)
-        if cache is not None and save_cache:
-            cache.save()
-        elif cache is not None:
-            unsaved = cache
+        if cache is not None:
+            if save_cache:
+                cache.save()
+            else:
+                unsaved = cache
     specs: list[StageSpec] = []
     for registration in registrations:
         spec = _stage_spec(registration, params, params_file, prints)
