@@ -16,7 +16,7 @@ from typing import cast
 
 import pytest
 
-from conftest import python_json
+from conftest import LOUD_GLOBAL, python_json
 from pivot_supervise._state_dir import seal, unseal
 from pivot_supervise.pipeline._freshness import NOT_FINGERPRINTED
 from pivot_supervise.workers._codecache import _MAGIC, CodeAnalysisCache
@@ -419,24 +419,15 @@ def test_analyses_that_cannot_be_used_are_removed_with_their_file(tmp_path: Path
     assert cache_file(state).exists()
 
 
-UNREADABLE = """
-    class Loud(str):
-        def __eq__(self, other):
-            raise ValueError("compared")
-
-        def __hash__(self):
-            return hash("len")
-
-    # A global named like no other but hashed like ``len``, which code here calls: looking
-    # ``len`` up in these globals compares the two names.
-    globals()[Loud("loud")] = None
-
+UNREADABLE = LOUD_GLOBAL + textwrap.dedent(
+    """
     def shared(x):
         return x + 1
 
     def only_b():
         return len([1, 2])
-"""
+    """
+)
 
 
 def test_code_that_cannot_be_fingerprinted_runs_every_time_and_says_why(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import subprocess
+import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 import trio
 
-from conftest import Session, named, run_cli, supervising
+from conftest import LOUD_GLOBAL, Session, named, run_cli, supervising
 from pivot_supervise.supervisor._events import Event
 from pivot_supervise.supervisor._state import STATE_DIR, StateStore
 
@@ -527,9 +528,7 @@ async def test_cli_explain_says_what_would_run_and_why(make_project: ProjectFact
     assert not any(entry["would_run"] for entry in narrowed["stages"])
 
 
-#: A helper whose globals hold a name that raises when compared, hashed like ``len``:
-#: fingerprinting looks up every global the code names, ``len`` included, and fails;
-#: running never reaches ``len``.
+#: A stage whose helper cannot be fingerprinted (see ``LOUD_GLOBAL``) but runs.
 UNFINGERPRINTABLE = {
     "pipeline.py": """
         from pathlib import Path
@@ -540,19 +539,13 @@ UNFINGERPRINTABLE = {
         def a():
             Path("out/a.txt").write_text(str(helpers.count(1)))
     """,
-    "helpers.py": """
-        class Loud(str):
-            def __eq__(self, other):
-                raise ValueError("compared")
-
-            def __hash__(self):
-                return hash("len")
-
-        globals()[Loud("loud")] = None
-
+    "helpers.py": LOUD_GLOBAL
+    + textwrap.dedent(
+        """
         def count(x):
             return x if x else len([])
-    """,
+        """
+    ),
     "out/.keep": "",
 }
 
